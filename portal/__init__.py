@@ -1,0 +1,29 @@
+"""byok-portal: the bring-your-own-key encryption key manager."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the portal: configuration, database, Redis, sign-in, then each area."""
+    from portal import db, redis_conn, web
+    from portal.config import Config
+
+    app = Flask(
+        __name__,
+        instance_path=str(Config(config).BYOK_HOME),
+        template_folder=str(ROOT / "templates"),
+        static_folder="static",
+    )
+    app.config.update(Config(config).as_flask())
+    db.init_app(app)
+    redis_conn.init_app(app)
+    web.init_app(app)
+    web.register_areas(app)
+    return app

