@@ -79,12 +79,12 @@ def _http_error(error: HTTPException):
 
 def register_areas(app: Flask) -> None:
     """Register each area's blueprint."""
+    from portal.audit.views import bp as audit_bp
     from portal.auth import bp as auth_bp
     from portal.compliance import bp as compliance_bp
     from portal.health import bp as health_bp
     from portal.home import bp as home_bp
     from portal.rotation import bp as rotation_bp
-    from portal.audit.views import bp as audit_bp
 
     for blueprint in (auth_bp, home_bp, compliance_bp, audit_bp, rotation_bp, health_bp):
         app.register_blueprint(blueprint)

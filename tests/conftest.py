@@ -44,8 +44,9 @@ class Services:
 def _create_pg_database(admin_url: str) -> tuple[str, str]:
     """Create a throwaway database next to the one in ``admin_url``; return (url, name)."""
     name = f"byok_test_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = create_engine(admin_url.replace("postgresql://", "postgresql+psycopg://", 1),
-                          isolation_level="AUTOCOMMIT")
+    admin = create_engine(
+        admin_url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
+    )
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
@@ -54,8 +55,9 @@ def _create_pg_database(admin_url: str) -> tuple[str, str]:
 
 def _drop_pg_database(admin_url: str, name: str) -> None:
     """Drop the throwaway database, closing whatever still holds it."""
-    admin = create_engine(admin_url.replace("postgresql://", "postgresql+psycopg://", 1),
-                          isolation_level="AUTOCOMMIT")
+    admin = create_engine(
+        admin_url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
+    )
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
@@ -155,11 +157,16 @@ def orgs(app: Flask, password_hash: str) -> dict:
             result[key] = org
             for role in ("admin", "auditor", "member"):
                 email = f"{role}@{key}.example"
-                db.add(User(email=email, password_hash=password_hash, role=role,
-                            company_id=org.id))
+                db.add(User(email=email, password_hash=password_hash, role=role, company_id=org.id))
                 result["users"][f"{role}_{key}"] = email
-        db.add(User(email="support@platform.example", password_hash=password_hash,
-                    role="support", company_id=None))
+        db.add(
+            User(
+                email="support@platform.example",
+                password_hash=password_hash,
+                role="support",
+                company_id=None,
+            )
+        )
         result["users"]["support"] = "support@platform.example"
         db.commit()
         for key in ("a", "b"):
@@ -178,8 +185,7 @@ def csrf_token(client: FlaskClient, path: str = "/login") -> str:
 def login(client: FlaskClient, email: str, password: str = PASSWORD):
     """Sign in through the real login form."""
     token = csrf_token(client)
-    return client.post("/login", data={"email": email, "password": password,
-                                       "csrf_token": token})
+    return client.post("/login", data={"email": email, "password": password, "csrf_token": token})
 
 
 @pytest.fixture
@@ -206,3 +212,104 @@ def require_or_skip(condition: bool, why: str) -> None:
 def random_id() -> uuid.UUID:
     """A fresh UUID that names nothing."""
     return uuid.uuid4()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A real headless Chromium (Debian's), driven by Playwright."""
+    require_or_skip(CHROMIUM.exists(), "Debian's chromium is not installed (/usr/bin/chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:  # pragma: no cover - depends on the machine
+        require_or_skip(False, "playwright is not installed")
+    with sync_playwright() as pw:
+        instance = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield instance
+        instance.close()
+
+
+def free_port() -> int:
+    """Return a TCP port on loopback that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Demo:
+    """A running ``byok-portal demo`` process and what it printed."""
+
+    process: object
+    url: str
+    logins: dict[str, str]
+    output: list[str]
+
+
+def start_demo(env: dict[str, str]) -> Demo:
+    """Start the real ``byok-portal demo`` command and wait until it prints its logins."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "portal.cli", "demo", "--port", str(port)],
+        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    threading.Thread(
+        target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True
+    ).start()
+    deadline = time.monotonic() + 60
+    while not any("Press Ctrl-C" in line for line in lines):
+        assert proc.poll() is None, "demo exited early:\n" + "".join(lines)
+        assert time.monotonic() < deadline, "demo did not start:\n" + "".join(lines)
+        time.sleep(0.1)
+    logins = dict(
+        m.groups() for m in (re.match(r"^\s+(\S+@\S+)\s+(\S+)$", line) for line in lines) if m
+    )
+    return Demo(proc, f"http://127.0.0.1:{port}", logins, lines)
+
+
+def stop_demo(demo: Demo) -> int:
+    """Stop a demo with SIGTERM and return its exit status."""
+    if demo.process.poll() is None:
+        demo.process.terminate()
+    return demo.process.wait(timeout=30)
+
+
+@pytest.fixture
+def demo_server(app, app_config) -> Iterator[Demo]:
+    """The demo on this run's services (the ``app`` fixture empties them afterwards)."""
+    demo = start_demo(
+        {
+            "BYOK_HOME": app_config["BYOK_HOME"],
+            "DATABASE_URL": app_config["DATABASE_URL"],
+            "REDIS_URL": app_config["REDIS_URL"],
+            "BYOK_MASTER_KEY": app_config["BYOK_MASTER_KEY"],
+        }
+    )
+    try:
+        yield demo
+    finally:
+        stop_demo(demo)

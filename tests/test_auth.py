@@ -111,8 +111,8 @@ def test_csrf_token_of_another_session_is_refused(app, client, orgs):
     other = app.test_client()
     foreign = csrf_token(other)
     response = client.post(
-        "/login", data={"email": orgs["users"]["admin_a"], "password": PASSWORD,
-                        "csrf_token": foreign}
+        "/login",
+        data={"email": orgs["users"]["admin_a"], "password": PASSWORD, "csrf_token": foreign},
     )
     assert response.status_code == 400
 
@@ -126,5 +126,7 @@ def test_login_and_failures_are_audited(app, client, orgs):
     login(client, orgs["users"]["admin_a"], "wrong password!")
     login(client, orgs["users"]["admin_a"])
     with app.app_context():
-        actions = [e.action for e in get_session().scalars(select(AuditEvent).order_by(AuditEvent.id))]
+        actions = [
+            e.action for e in get_session().scalars(select(AuditEvent).order_by(AuditEvent.id))
+        ]
     assert actions == ["auth.login_failed", "auth.login"]

@@ -1,0 +1,103 @@
+"""The ``byok-portal`` command, run as a real process against this run's services."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import inspect
+
+from portal.db import make_engine
+from portal.migrate import current_revision, head_revision, upgrade
+from tests.conftest import PASSWORD, _create_pg_database, _drop_pg_database
+
+
+def run_cli(env: dict, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``byok-portal`` with the given environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "portal.cli", *args],
+        env={**os.environ, **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def cli_env(app, app_config) -> dict:
+    """Environment pointing the command at the test services."""
+    return {
+        "BYOK_HOME": app_config["BYOK_HOME"],
+        "DATABASE_URL": app_config["DATABASE_URL"],
+        "REDIS_URL": app_config["REDIS_URL"],
+        "BYOK_MASTER_KEY": app_config["BYOK_MASTER_KEY"],
+    }
+
+
+def test_help_lists_every_command(cli_env):
+    out = run_cli(cli_env, "--help").stdout
+    for command in ("init", "create-org", "create-user", "serve", "worker", "demo"):
+        assert command in out
+
+
+def test_init_twice_is_harmless(cli_env):
+    first = run_cli(cli_env, "init")
+    second = run_cli(cli_env, "init")
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert "up to date" in second.stdout
+
+
+def test_create_org_and_user_then_sign_in(cli_env, client):
+    created = run_cli(cli_env, "create-org", "Umbrella Corp", "--tier", "dedicated")
+    assert created.returncode == 0, created.stderr
+    assert "umbrella-corp" in created.stdout
+    user = run_cli(
+        cli_env, "create-user", "Ada@Umbrella.example", "--org", "umbrella-corp",
+        "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n",
+    )
+    assert user.returncode == 0, user.stderr
+    from tests.conftest import login
+
+    assert login(client, "ada@umbrella.example").status_code == 302
+    assert "Dedicated" in client.get("/settings/compliance").get_data(as_text=True)
+
+
+def test_create_org_refuses_duplicate_slug_and_bad_tier(cli_env):
+    assert run_cli(cli_env, "create-org", "Twice", "--tier", "community").returncode == 0
+    again = run_cli(cli_env, "create-org", "Twice", "--tier", "community")
+    assert again.returncode != 0 and "exists already" in again.stderr
+    bad = run_cli(cli_env, "create-org", "Nope", "--tier", "platinum")
+    assert bad.returncode != 0
+
+
+def test_create_user_refuses_unknown_org_and_short_password(cli_env):
+    unknown = run_cli(cli_env, "create-user", "x@y.example", "--org", "ghost", "--role", "admin",
+                      "--password-stdin", stdin=PASSWORD)
+    assert unknown.returncode != 0 and "no organisation" in unknown.stderr
+    run_cli(cli_env, "create-org", "Short", "--tier", "org_community")
+    short = run_cli(cli_env, "create-user", "x@y.example", "--org", "short", "--role", "admin",
+                    "--password-stdin", stdin="abc")
+    assert short.returncode != 0 and "at least 10" in short.stderr
+
+
+def test_migrations_upgrade_from_empty(services, tmp_path):
+    if services.is_postgres:
+        url, name = _create_pg_database(os.environ["TEST_DATABASE_URL"])
+    else:
+        url, name = f"sqlite:///{tmp_path / 'empty.sqlite3'}", None
+    engine = make_engine(url)
+    try:
+        assert current_revision(engine) is None
+        upgrade(engine)
+        assert current_revision(engine) == head_revision()
+        tables = set(inspect(engine).get_table_names())
+        assert {"organizations", "users", "audit_events", "audit_heads"} <= tables
+        upgrade(engine)
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()
+        if name:
+            _drop_pg_database(os.environ["TEST_DATABASE_URL"], name)
