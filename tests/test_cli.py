@@ -55,8 +55,15 @@ def test_create_org_and_user_then_sign_in(cli_env, client):
     assert created.returncode == 0, created.stderr
     assert "umbrella-corp" in created.stdout
     user = run_cli(
-        cli_env, "create-user", "Ada@Umbrella.example", "--org", "umbrella-corp",
-        "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n",
+        cli_env,
+        "create-user",
+        "Ada@Umbrella.example",
+        "--org",
+        "umbrella-corp",
+        "--role",
+        "admin",
+        "--password-stdin",
+        stdin=PASSWORD + "\n",
     )
     assert user.returncode == 0, user.stderr
     from tests.conftest import login
@@ -74,12 +81,30 @@ def test_create_org_refuses_duplicate_slug_and_bad_tier(cli_env):
 
 
 def test_create_user_refuses_unknown_org_and_short_password(cli_env):
-    unknown = run_cli(cli_env, "create-user", "x@y.example", "--org", "ghost", "--role", "admin",
-                      "--password-stdin", stdin=PASSWORD)
+    unknown = run_cli(
+        cli_env,
+        "create-user",
+        "x@y.example",
+        "--org",
+        "ghost",
+        "--role",
+        "admin",
+        "--password-stdin",
+        stdin=PASSWORD,
+    )
     assert unknown.returncode != 0 and "no organisation" in unknown.stderr
     run_cli(cli_env, "create-org", "Short", "--tier", "org_community")
-    short = run_cli(cli_env, "create-user", "x@y.example", "--org", "short", "--role", "admin",
-                    "--password-stdin", stdin="abc")
+    short = run_cli(
+        cli_env,
+        "create-user",
+        "x@y.example",
+        "--org",
+        "short",
+        "--role",
+        "admin",
+        "--password-stdin",
+        stdin="abc",
+    )
     assert short.returncode != 0 and "at least 10" in short.stderr
 
 
