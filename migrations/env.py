@@ -5,6 +5,8 @@ from __future__ import annotations
 from alembic import context
 
 import portal.audit.models  # noqa: F401  (registers tables on Base.metadata)
+import portal.chat.models  # noqa: F401
+import portal.keys.models  # noqa: F401
 import portal.models  # noqa: F401
 from portal.db import Base, make_engine
 

@@ -14,6 +14,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the portal: configuration, database, Redis, sign-in, then each area."""
     from portal import db, redis_conn, web
     from portal.config import Config
+    from portal.keys import service as keys
 
     app = Flask(
         __name__,
@@ -24,6 +25,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.update(Config(config).as_flask())
     db.init_app(app)
     redis_conn.init_app(app)
+    keys.init_app(app)
     web.init_app(app)
     web.register_areas(app)
     return app

@@ -116,5 +116,24 @@ def demo(port: int, host: str) -> None:
     run_demo(host, port)
 
 
+@main.command("create-token")
+@click.option("--org", "org_slug", required=True, help="Organisation slug.")
+@click.option("--name", required=True, help="What the token is for.")
+def create_token_cmd(org_slug: str, name: str) -> None:
+    """Create a data-API bearer token; it is printed once, alone on the last line."""
+    from portal.chat.service import create_token
+    from portal.orgs import OrgError, get_org
+
+    with app_session() as (_app, db):
+        try:
+            org = get_org(db, org_slug)
+        except OrgError as exc:
+            fail(str(exc))
+        token = create_token(db, org.id, name)
+        db.commit()
+        click.echo(f"API token {name!r} for {org.slug} (shown once; only its hash is kept):")
+        click.echo(token)
+
+
 if __name__ == "__main__":
     main()

@@ -62,8 +62,7 @@ def seed(app: Flask) -> dict[str, str]:
         org = db.scalar(select(Organization).where(Organization.slug == slugify(name)))
         if org is None:
             org = create_org(db, name, tier)
-            for hook in app.extensions.get("demo_seed_hooks", []):
-                hook(db, org)
+            seed_chat(db, org)
         for role in DEMO_ROLES:
             wanted.append((f"{role}@{org.slug}.example", role, org))
     wanted.append((SUPPORT_EMAIL, "support", None))
@@ -79,6 +78,21 @@ def seed(app: Flask) -> dict[str, str]:
     db.commit()
     _save_logins(home, logins)
     return logins
+
+
+def seed_chat(db, org: Organization) -> None:
+    """Write a few conversations through the same service code the data API uses."""
+    from portal.chat import service
+
+    for n, topic in enumerate(("Quarterly plan", "Support escalation", "Product ideas"), 1):
+        conv = service.create_conversation(db, org.id, topic, {"channel": "demo", "n": n})
+        for i in range(5):
+            author = "user" if i % 2 == 0 else "assistant"
+            service.add_message(db, conv, author, f"{topic}: message {i + 1} from the {author}.")
+        if n == 1:
+            service.add_attachment(
+                db, conv, "notes.txt", "text/plain", f"Notes for {org.name}.\n".encode()
+            )
 
 
 def run_demo(host: str, port: int) -> None:

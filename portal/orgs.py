@@ -7,6 +7,7 @@ import re
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from portal.keys.service import create_platform_key
 from portal.models import TIERS, Organization
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$")
@@ -36,9 +37,8 @@ def create_org(session: Session, name: str, tier: str, slug: str | None = None) 
     org = Organization(name=name, slug=slug, tier=tier)
     session.add(org)
     session.flush()
-    on_create = ORG_CREATED_HOOKS
-    for hook in on_create:
-        hook(session, org)
+    # Data at rest is encrypted from the first write, whatever the tier.
+    create_platform_key(session, org)
     return org
 
 
@@ -48,7 +48,3 @@ def get_org(session: Session, slug: str) -> Organization:
     if org is None:
         raise OrgError(f"no organisation with slug {slug!r}")
     return org
-
-
-# Called with (session, org) after an organisation is created, e.g. to give it a platform key.
-ORG_CREATED_HOOKS: list = []

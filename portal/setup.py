@@ -15,9 +15,10 @@ def initialise(app: Flask) -> Iterator[str]:
     """Create what an installation needs; running it again changes nothing."""
     home = Path(app.config["BYOK_HOME"])
     yield f"instance folder: {home}"
-    master = app.extensions.get("master_key_source")
-    if master:
-        yield f"master key: {master}"
+    from portal.keys.service import init_app as load_custody
+
+    load_custody(app, create_master_key=True)
+    yield f"master key: {app.extensions['master_key_source']}"
     engine = get_engine()
     before = migrate.current_revision(engine)
     migrate.upgrade(engine)

@@ -79,6 +79,7 @@ def _http_error(error: HTTPException):
 
 def register_areas(app: Flask) -> None:
     """Register each area's blueprint."""
+    from portal.api import bp as api_bp
     from portal.audit.views import bp as audit_bp
     from portal.auth import bp as auth_bp
     from portal.compliance import bp as compliance_bp
@@ -86,5 +87,6 @@ def register_areas(app: Flask) -> None:
     from portal.home import bp as home_bp
     from portal.rotation import bp as rotation_bp
 
-    for blueprint in (auth_bp, home_bp, compliance_bp, audit_bp, rotation_bp, health_bp):
+    csrf.exempt(api_bp)  # bearer tokens, not cookies: no cross-site request can forge one
+    for blueprint in (auth_bp, home_bp, compliance_bp, audit_bp, rotation_bp, health_bp, api_bp):
         app.register_blueprint(blueprint)

@@ -1,0 +1,260 @@
+"""Data API endpoints: conversations, messages and attachments."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from flask import Response, current_app, g, jsonify, request
+from sqlalchemy import select
+from sqlalchemy.orm import defer
+
+from portal import crypto
+from portal.api import bp
+from portal.api.openapi import openapi_document
+from portal.chat import service
+from portal.chat.models import Attachment, Conversation, Message
+from portal.db import get_session
+from portal.keys.service import KeyUnavailable
+
+MAX_PAGE = 500
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": code, "message": text}`` with an HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError):
+    """Answer an ApiError as JSON."""
+    return jsonify(error=exc.code, message=exc.message), exc.status
+
+
+@bp.errorhandler(KeyUnavailable)
+def _key_unavailable(exc: KeyUnavailable):
+    """The organisation's key cannot encrypt: nothing is stored."""
+    return jsonify(error="key_unavailable", message=str(exc)), 503
+
+
+@bp.before_request
+def _authenticate() -> None:
+    """Resolve the bearer token to its organisation (the OpenAPI document is public)."""
+    if request.endpoint == "api.openapi":
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    row = service.find_token(get_session(), token.strip()) if scheme.lower() == "bearer" else None
+    if row is None:
+        raise ApiError(401, "unauthorized", "a valid bearer token is required")
+    g.api_token = row
+    g.company_id = row.company_id
+
+
+def _json_body(*required: str) -> dict[str, Any]:
+    """Return the request's JSON object after checking its content type and fields."""
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "send application/json")
+    try:
+        body = json.loads(request.get_data(cache=False) or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_json", "the body must be a JSON object")
+    for name in required:
+        if not isinstance(body.get(name), str) or not body[name].strip():
+            raise ApiError(400, "missing_field", f"'{name}' is required and must be a string")
+    return body
+
+
+def _limit(default: int = 100) -> int:
+    """Read ``limit`` from the query string (1..500)."""
+    raw = request.args.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise ApiError(400, "bad_limit", f"limit must be a whole number from 1 to {MAX_PAGE}")
+    return int(raw)
+
+
+def _uuid_arg(name: str) -> uuid.UUID | None:
+    """Read an optional UUID cursor from the query string."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise ApiError(400, f"bad_{name}", f"'{name}' must be an id") from None
+
+
+def _conversation(conv_id: uuid.UUID) -> Conversation:
+    """Load a conversation of the token's organisation or answer 404."""
+    conv = service.get_conversation(get_session(), g.company_id, conv_id)
+    if conv is None:
+        raise ApiError(404, "not_found", "no such conversation")
+    return conv
+
+
+def _finish(reader: service.Reader, response: Any) -> Any:
+    """Audit the request's decryption failures, then return the response."""
+    if reader.failures:
+        reader.record_failures(g.api_token)
+        get_session().commit()
+    return response
+
+
+def _text(reader: service.Reader, table: str, column: str, row_id, blob: bytes) -> Any:
+    """Decrypt a text value, or describe why it is unreadable."""
+    try:
+        return reader.open(table, column, row_id, blob).decode()
+    except crypto.DecryptionError as exc:
+        return service.unreadable(exc)
+
+
+def _conversation_summary(reader: service.Reader, conv: Conversation) -> dict[str, Any]:
+    """Describe a conversation: title and metadata, or why they are unreadable."""
+    out: dict[str, Any] = {"id": str(conv.id), "created_at": service.iso(conv.created_at)}
+    try:
+        out["title"] = reader.open("conversations", "title", conv.id, conv.title_ct).decode()
+        meta = reader.open("conversations", "metadata", conv.id, conv.metadata_ct)
+        out["metadata"] = json.loads(meta)
+    except crypto.DecryptionError as exc:
+        out.update(service.unreadable(exc))
+    return out
+
+
+@bp.post("/conversations")
+def create_conversation():
+    """Create a conversation."""
+    body = _json_body("title")
+    metadata = body.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ApiError(400, "bad_metadata", "'metadata' must be a JSON object")
+    db = get_session()
+    conv = service.create_conversation(db, g.company_id, body["title"], metadata)
+    db.commit()
+    return jsonify(id=str(conv.id)), 201
+
+
+@bp.get("/conversations")
+def list_conversations():
+    """List the organisation's conversations, oldest first, ``after`` a cursor id."""
+    db = get_session()
+    after_id = _uuid_arg("after")
+    after = service.get_conversation(db, g.company_id, after_id) if after_id else None
+    if after_id and after is None:
+        raise ApiError(400, "bad_after", "'after' names no conversation of yours")
+    limit = _limit()
+    reader = service.Reader(db, g.company_id)
+    rows = service.list_conversations(db, g.company_id, limit, after)
+    items = [_conversation_summary(reader, conv) for conv in rows]
+    cursor = items[-1]["id"] if len(items) == limit else None
+    return _finish(reader, jsonify(conversations=items, next_after=cursor))
+
+
+@bp.post("/conversations/<uuid:conv_id>/messages")
+def add_message(conv_id: uuid.UUID):
+    """Add a message to a conversation."""
+    body = _json_body("body", "author")
+    if len(body["author"]) > 200:
+        raise ApiError(400, "bad_author", "'author' may be at most 200 characters")
+    db = get_session()
+    msg = service.add_message(db, _conversation(conv_id), body["author"], body["body"])
+    db.commit()
+    return jsonify(id=str(msg.id)), 201
+
+
+@bp.post("/conversations/<uuid:conv_id>/attachments")
+def add_attachment(conv_id: uuid.UUID):
+    """Attach a file (multipart field ``file``) to a conversation."""
+    if not request.mimetype.startswith("multipart/form-data"):
+        raise ApiError(415, "unsupported_media_type", "send multipart/form-data")
+    upload = request.files.get("file")
+    if upload is None:
+        raise ApiError(400, "missing_field", "the multipart field 'file' is required")
+    conv = _conversation(conv_id)
+    limit = current_app.config["MAX_ATTACHMENT_BYTES"]
+    content = upload.stream.read(limit + 1)
+    if len(content) > limit:
+        raise ApiError(413, "too_large", f"attachments may be at most {limit} bytes")
+    db = get_session()
+    att = service.add_attachment(
+        db,
+        conv,
+        upload.filename or "attachment",
+        upload.mimetype or "application/octet-stream",
+        content,
+    )
+    db.commit()
+    return jsonify(id=str(att.id), size=att.size), 201
+
+
+@bp.get("/conversations/<uuid:conv_id>")
+def get_conversation(conv_id: uuid.UUID):
+    """Return a conversation with a page of its messages and its attachment list."""
+    db = get_session()
+    conv = _conversation(conv_id)
+    after_id = _uuid_arg("after")
+    after = db.get(Message, after_id) if after_id else None
+    if after_id and (after is None or after.conversation_id != conv.id):
+        raise ApiError(400, "bad_after", "'after' names no message of this conversation")
+    limit = _limit()
+    reader = service.Reader(db, g.company_id)
+    out = _conversation_summary(reader, conv)
+    messages = service.list_messages(db, conv, limit, after)
+    out["messages"] = [
+        {
+            "id": str(m.id),
+            "author": m.author,
+            "created_at": service.iso(m.created_at),
+            "body": _text(reader, "messages", "body", m.id, m.body_ct),
+        }
+        for m in messages
+    ]
+    out["next_after"] = out["messages"][-1]["id"] if len(messages) == limit else None
+    attachments = db.scalars(
+        select(Attachment)
+        .options(defer(Attachment.content_ct))
+        .where(Attachment.conversation_id == conv.id, Attachment.company_id == g.company_id)
+        .order_by(Attachment.created_at, Attachment.id)
+    )
+    out["attachments"] = [_attachment_summary(reader, att) for att in attachments]
+    return _finish(reader, jsonify(out))
+
+
+def _attachment_summary(reader: service.Reader, att: Attachment) -> dict[str, Any]:
+    """Describe an attachment without its content."""
+    return {
+        "id": str(att.id),
+        "filename": _text(reader, "attachments", "filename", att.id, att.filename_ct),
+        "content_type": att.content_type,
+        "size": att.size,
+        "created_at": service.iso(att.created_at),
+    }
+
+
+@bp.get("/attachments/<uuid:att_id>")
+def get_attachment(att_id: uuid.UUID):
+    """Return an attachment's bytes with its content type."""
+    db = get_session()
+    att = db.get(Attachment, att_id)
+    if att is None or att.company_id != g.company_id:
+        raise ApiError(404, "not_found", "no such attachment")
+    reader = service.Reader(db, g.company_id)
+    try:
+        content = reader.open("attachments", "content", att.id, att.content_ct)
+    except crypto.DecryptionError as exc:
+        return _finish(reader, (jsonify(id=str(att.id), **service.unreadable(exc)), 409))
+    response = Response(content, mimetype=att.content_type)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Disposition"] = "attachment"
+    return response
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """Publish the API's OpenAPI document."""
+    return jsonify(openapi_document())

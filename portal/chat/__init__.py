@@ -1,0 +1,1 @@
+"""The platform's chat data: conversations, messages and attachments, encrypted at rest."""

@@ -1,0 +1,196 @@
+"""Writing and reading chat data through the organisation's keyring."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from portal import crypto
+from portal.chat.models import ApiToken, Attachment, Conversation, Message
+from portal.events import emit
+from portal.keys.service import encrypting_keyring, load_keys
+
+TOKEN_PREFIX = "byok_"
+
+
+def ad(company_id: uuid.UUID, table: str, column: str, row_id: uuid.UUID) -> bytes:
+    """Associated data binding a value to its organisation, table, column and row."""
+    return crypto.associated_data(str(company_id), table, column, str(row_id))
+
+
+def _seal_value(ring: crypto.Keyring, company_id, table, column, row_id, data: bytes) -> bytes:
+    """Encrypt one column value in place (bound to its row)."""
+    return bytes(ring.encrypt(data, ad(company_id, table, column, row_id)))
+
+
+def create_conversation(
+    session: Session, company_id: uuid.UUID, title: str, metadata: dict[str, Any]
+) -> Conversation:
+    """Store a new conversation with its title and metadata encrypted."""
+    ring = encrypting_keyring(session, company_id)
+    row_id = uuid.uuid4()
+    meta = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode()
+    conv = Conversation(
+        id=row_id,
+        company_id=company_id,
+        key_id=ring.encrypting_key_id.hex(),
+        title_ct=_seal_value(ring, company_id, "conversations", "title", row_id, title.encode()),
+        metadata_ct=_seal_value(ring, company_id, "conversations", "metadata", row_id, meta),
+    )
+    session.add(conv)
+    session.flush()
+    return conv
+
+
+def add_message(session: Session, conv: Conversation, author: str, body: str) -> Message:
+    """Store a message of a conversation with its body encrypted."""
+    ring = encrypting_keyring(session, conv.company_id)
+    row_id = uuid.uuid4()
+    msg = Message(
+        id=row_id,
+        company_id=conv.company_id,
+        conversation_id=conv.id,
+        key_id=ring.encrypting_key_id.hex(),
+        author=author,
+        body_ct=_seal_value(ring, conv.company_id, "messages", "body", row_id, body.encode()),
+    )
+    session.add(msg)
+    session.flush()
+    return msg
+
+
+def add_attachment(
+    session: Session, conv: Conversation, filename: str, content_type: str, content: bytes
+) -> Attachment:
+    """Store a file of a conversation with its name and content encrypted."""
+    ring = encrypting_keyring(session, conv.company_id)
+    row_id = uuid.uuid4()
+    cid = conv.company_id
+    att = Attachment(
+        id=row_id,
+        company_id=cid,
+        conversation_id=conv.id,
+        key_id=ring.encrypting_key_id.hex(),
+        filename_ct=_seal_value(ring, cid, "attachments", "filename", row_id, filename.encode()),
+        content_ct=_seal_value(ring, cid, "attachments", "content", row_id, content),
+        content_type=content_type,
+        size=len(content),
+    )
+    session.add(att)
+    session.flush()
+    return att
+
+
+@dataclass
+class Reader:
+    """Decrypts an organisation's values, collecting failures to audit once per request."""
+
+    session: Session
+    company_id: uuid.UUID
+    failures: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+    def open(self, table: str, column: str, row_id: uuid.UUID, blob: bytes) -> bytes:
+        """Decrypt one value; raises crypto.DecryptionError after noting the failure."""
+        ring = load_keys(self.session, self.company_id).keyring
+        try:
+            return ring.decrypt(blob, ad(self.company_id, table, column, row_id))
+        except crypto.DecryptionError as exc:
+            key = exc.key_id.hex() if exc.key_id else "unknown"
+            self.failures.setdefault((key, table), []).append(f"{row_id}:{exc.reason}")
+            raise
+
+    def record_failures(self, actor: Any) -> None:
+        """Append one ``encryption_key.decrypt_failed`` event per key and kind of item."""
+        for (key, table), items in self.failures.items():
+            emit(
+                self.session,
+                "encryption_key.decrypt_failed",
+                outcome="failure",
+                actor=actor,
+                company_id=self.company_id,
+                details={
+                    "key_id": key,
+                    "kind": table,
+                    "count": len(items),
+                    "items": items[:20],
+                },
+            )
+        self.failures.clear()
+
+
+def unreadable(exc: crypto.DecryptionError) -> dict[str, str]:
+    """Describe a value that could not be decrypted, for API responses."""
+    return {"status": "unreadable", "reason": exc.reason}
+
+
+def get_conversation(
+    session: Session, company_id: uuid.UUID, conv_id: uuid.UUID
+) -> Conversation | None:
+    """Return a conversation of the organisation, or None (also for other organisations')."""
+    return session.scalar(
+        select(Conversation).where(
+            Conversation.id == conv_id, Conversation.company_id == company_id
+        )
+    )
+
+
+def list_messages(
+    session: Session, conv: Conversation, limit: int, after: Message | None
+) -> list[Message]:
+    """Return a page of a conversation's messages, oldest first, after a cursor message."""
+    query = select(Message).where(
+        Message.conversation_id == conv.id, Message.company_id == conv.company_id
+    )
+    if after is not None:
+        query = query.where(
+            tuple_(Message.created_at, Message.id) > tuple_(after.created_at, after.id)
+        )
+    return list(session.scalars(query.order_by(Message.created_at, Message.id).limit(limit)))
+
+
+def list_conversations(
+    session: Session, company_id: uuid.UUID, limit: int, after: Conversation | None
+) -> list[Conversation]:
+    """Return a page of the organisation's conversations, oldest first."""
+    query = select(Conversation).where(Conversation.company_id == company_id)
+    if after is not None:
+        query = query.where(
+            tuple_(Conversation.created_at, Conversation.id) > tuple_(after.created_at, after.id)
+        )
+    return list(
+        session.scalars(query.order_by(Conversation.created_at, Conversation.id).limit(limit))
+    )
+
+
+def hash_token(token: str) -> str:
+    """Hash a bearer token for storage and lookup (tokens are random, so SHA-256 suffices)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(session: Session, company_id: uuid.UUID, name: str) -> str:
+    """Create an API token and return it; only its hash is kept."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiToken(company_id=company_id, name=name, token_hash=hash_token(token)))
+    session.flush()
+    return token
+
+
+def find_token(session: Session, token: str) -> ApiToken | None:
+    """Return the live token row matching a presented bearer token."""
+    if not token.startswith(TOKEN_PREFIX):
+        return None
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+    return row if row is not None and row.revoked_at is None else None
+
+
+def iso(moment: datetime) -> str:
+    """Format a stored time as ISO 8601 UTC."""
+    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"

@@ -1,0 +1,1 @@
+"""Organisation keys: sealed storage, states, and the keyring the data path uses."""
