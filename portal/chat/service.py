@@ -18,7 +18,7 @@ from portal.chat.models import ApiToken, Attachment, Conversation, Message
 from portal.events import emit
 from portal.keys.service import encrypting_keyring, load_keys
 
-TOKEN_PREFIX = "byok_"
+TOKEN_PREFIX = "byok_"  # noqa: S105 - a public prefix, not a secret
 
 
 def ad(company_id: uuid.UUID, table: str, column: str, row_id: uuid.UUID) -> bytes:
