@@ -51,6 +51,7 @@ def seed(app: Flask) -> dict[str, str]:
     """Create the demo organisations and users unless they exist; return the logins."""
     from portal.auth.services import create_user
     from portal.db import get_session
+    from portal.keys.policy import byok_required
     from portal.models import User
     from portal.orgs import create_org, slugify
 
@@ -62,7 +63,8 @@ def seed(app: Flask) -> dict[str, str]:
         org = db.scalar(select(Organization).where(Organization.slug == slugify(name)))
         if org is None:
             org = create_org(db, name, tier)
-            seed_chat(db, org)
+            if not byok_required(org):  # isolated tiers store nothing before BYOK is on
+                seed_chat(db, org)
         for role in DEMO_ROLES:
             wanted.append((f"{role}@{org.slug}.example", role, org))
     wanted.append((SUPPORT_EMAIL, "support", None))
