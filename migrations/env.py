@@ -8,6 +8,7 @@ import portal.audit.models  # noqa: F401  (registers tables on Base.metadata)
 import portal.chat.models  # noqa: F401
 import portal.keys.models  # noqa: F401
 import portal.models  # noqa: F401
+import portal.rotation.models  # noqa: F401
 from portal.db import Base, make_engine
 
 target_metadata = Base.metadata

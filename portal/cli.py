@@ -135,5 +135,152 @@ def create_token_cmd(org_slug: str, name: str) -> None:
         click.echo(token)
 
 
+@main.group()
+def key() -> None:
+    """Manage an organisation's BYOK key (same checks and audit events as the wizard)."""
+
+
+def _key_op(org_slug: str, operation) -> None:
+    """Run a key operation as actor 'cli', committing on success, exiting 1 when refused."""
+    from portal.keys.operations import KeyOperationError
+    from portal.orgs import OrgError, get_org
+
+    with app_session() as (_app, db):
+        try:
+            org = get_org(db, org_slug)
+            message = operation(db, org)
+        except (KeyOperationError, OrgError) as exc:
+            db.commit()  # refused attempts are audited too
+            fail(str(exc))
+        db.commit()
+        click.echo(message)
+
+
+@key.command("status")
+@click.option("--org", "org_slug", required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def key_status(org_slug: str, as_json: bool) -> None:
+    """Show BYOK state, keys (fingerprint, state, origin) and item counts."""
+    import json
+
+    from portal.keys.operations import status
+
+    def show(db, org) -> str:
+        info = status(db, org).as_json()
+        if as_json:
+            return json.dumps(info, indent=2)
+        lines = [
+            f"organisation: {info['organization']} ({info['tier']})",
+            f"BYOK: {'on' if info['byok_enabled'] else 'off'}"
+            + (" (required)" if info["byok_required"] else ""),
+            f"active key: {info['active_fingerprint'] or '-'}",
+        ]
+        if info["rotation_due"]:
+            overdue = " OVERDUE" if info["rotation_overdue"] else ""
+            lines.append(f"next rotation due: {info['rotation_due'][:10]}{overdue}")
+        for k in info["keys"]:
+            lines.append(
+                f"  {k['fingerprint']}  {k['state']:<12} {k['origin']:<9} {k['items']} items"
+            )
+        return "\n".join(lines)
+
+    _key_op(org_slug, show)
+
+
+def _stdin_key() -> str:
+    """Read a base64 key from standard input (never from an argument: it would be in ps)."""
+    return sys.stdin.read()
+
+
+@key.command("enable")
+@click.option("--org", "org_slug", required=True)
+def key_enable(org_slug: str) -> None:
+    """Test and enable the base64 key read from standard input."""
+    from portal.keys import operations as ops
+
+    text = _stdin_key()
+
+    def run(db, org) -> str:
+        fp = ops.test_key(db, org, "cli", text)
+        row = ops.enable(db, org, "cli", text, fp)
+        return f"BYOK enabled for {org.slug} with key {row.fingerprint} ({row.origin})"
+
+    _key_op(org_slug, run)
+
+
+@key.command("disable")
+@click.option("--org", "org_slug", required=True)
+@click.option(
+    "--i-understand",
+    "understood",
+    is_flag=True,
+    help="Confirm that compliance and legal were consulted.",
+)
+def key_disable(org_slug: str, understood: bool) -> None:
+    """Switch BYOK off (Organization Community only); new data uses a platform key."""
+    from portal.keys import operations as ops
+
+    if not understood:
+        fail("disabling BYOK needs --i-understand (consult compliance and legal first)")
+    _key_op(
+        org_slug,
+        lambda db, org: (
+            "BYOK disabled; new data uses platform key "
+            + ops.disable(db, org, "cli", org.slug, True).fingerprint
+        ),
+    )
+
+
+@key.command("restore")
+@click.option("--org", "org_slug", required=True)
+def key_restore(org_slug: str) -> None:
+    """Restore a lost or unavailable key from the base64 backup read from standard input."""
+    from portal.keys import operations as ops
+
+    text = _stdin_key()
+
+    def run(db, org) -> str:
+        row = ops.restore(db, org, "cli", text)
+        return f"key {row.fingerprint} restored ({row.state})"
+
+    _key_op(org_slug, run)
+
+
+@key.command("revoke")
+@click.option("--org", "org_slug", required=True)
+def key_revoke(org_slug: str) -> None:
+    """Destroy the active BYOK key's sealed copy until it is restored."""
+    from portal.keys import operations as ops
+
+    _key_op(
+        org_slug,
+        lambda db, org: (
+            "access revoked for key " + ops.revoke(db, org, "cli", org.slug).fingerprint
+        ),
+    )
+
+
+@key.command("lost")
+@click.option("--org", "org_slug", required=True)
+@click.option(
+    "--i-understand",
+    "understood",
+    is_flag=True,
+    help="Confirm that items under the key become unreadable.",
+)
+def key_lost(org_slug: str, understood: bool) -> None:
+    """Declare the active BYOK key lost."""
+    from portal.keys import operations as ops
+
+    if not understood:
+        fail("declaring a key lost needs --i-understand")
+    _key_op(
+        org_slug,
+        lambda db, org: (
+            "declared lost: key " + ops.declare_lost(db, org, "cli", org.slug).fingerprint
+        ),
+    )
+
+
 if __name__ == "__main__":
     main()

@@ -6,10 +6,10 @@ import secrets
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, DateTime, ForeignKey, String, Uuid
+from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from portal.db import Base, new_id, utcnow
+from portal.db import Base, UTCDateTime, new_id, utcnow
 
 TIERS = ("community", "org_community", "dedicated", "on_prem")
 ROLES = ("admin", "auditor", "support", "member")
@@ -31,7 +31,9 @@ class Organization(Base):
     name: Mapped[str] = mapped_column(String(200))
     slug: Mapped[str] = mapped_column(String(100), unique=True)
     tier: Mapped[str] = mapped_column(String(20))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # How often the organisation means to rotate its BYOK key (the status panel warns after).
+    rotation_period_days: Mapped[int] = mapped_column(Integer, default=90, server_default="90")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     users: Mapped[list[User]] = relationship(back_populates="organization")
 
@@ -68,7 +70,7 @@ class User(Base):
     session_token: Mapped[str] = mapped_column(
         String(64), default=lambda: secrets.token_urlsafe(32)
     )
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     organization: Mapped[Organization | None] = relationship(back_populates="users")
 

@@ -40,6 +40,7 @@ def init_app(app: Flask) -> None:
     login_manager.session_protection = "basic"
     login_manager.user_loader(lambda cookie_id: load_user(get_session(), cookie_id))
     login_manager.unauthorized_handler(unauthorized_response)
+    app.extensions["on_access_denied"] = _audit_denial
     app.jinja_env.globals["can_open"] = can_open
     app.jinja_env.globals["current_user"] = current_user
 
@@ -53,6 +54,21 @@ def init_app(app: Flask) -> None:
 
     app.register_error_handler(CSRFError, _csrf_error)
     app.register_error_handler(HTTPException, _http_error)
+
+
+def _audit_denial(endpoint: str | None) -> None:
+    """Record a signed-in user's attempt to open a page their role may not open."""
+    from portal.events import emit
+
+    db = get_session()
+    emit(
+        db,
+        "auth.access_denied",
+        outcome="denied",
+        actor=current_user._get_current_object(),
+        details={"endpoint": endpoint or ""},
+    )
+    db.commit()
 
 
 def _wants_json(request: Request) -> bool:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text, Uuid
+from sqlalchemy import BigInteger, Index, Integer, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from portal.db import Base, utcnow
+from portal.db import Base, UTCDateTime, utcnow
 
 # Events with no organisation (platform staff, failed sign-in of an unknown email) chain here.
 PLATFORM_CHAIN = uuid.UUID(int=0)
@@ -31,7 +31,7 @@ class AuditEvent(Base):
     chain_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     seq: Mapped[int] = mapped_column(BigInteger)
     company_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
-    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     actor_type: Mapped[str] = mapped_column(String(20))
     actor_id: Mapped[str | None] = mapped_column(String(64))
     actor_label: Mapped[str] = mapped_column(String(320))

@@ -5,17 +5,20 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, LargeBinary, String, Uuid
+from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from portal.db import Base, new_id, utcnow
+from portal.db import Base, UTCDateTime, new_id, utcnow
 
 
 class Conversation(Base):
     """A conversation; its title and metadata document are encrypted."""
 
     __tablename__ = "conversations"
-    __table_args__ = (Index("ix_conversations_company_created", "company_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_conversations_company_created", "company_id", "created_at", "id"),
+        Index("ix_conversations_company_key", "company_id", "key_id", "id"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     company_id: Mapped[uuid.UUID] = mapped_column(
@@ -24,7 +27,7 @@ class Conversation(Base):
     key_id: Mapped[str] = mapped_column(String(16), index=True)
     title_ct: Mapped[bytes] = mapped_column(LargeBinary)
     metadata_ct: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Message(Base):
@@ -33,6 +36,7 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         Index("ix_messages_conversation_order", "conversation_id", "created_at", "id"),
+        Index("ix_messages_company_key", "company_id", "key_id", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
@@ -45,13 +49,14 @@ class Message(Base):
     key_id: Mapped[str] = mapped_column(String(16), index=True)
     author: Mapped[str] = mapped_column(String(200))
     body_ct: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Attachment(Base):
     """A file attached to a conversation; its name and content are encrypted."""
 
     __tablename__ = "attachments"
+    __table_args__ = (Index("ix_attachments_company_key", "company_id", "key_id", "id"),)
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     company_id: Mapped[uuid.UUID] = mapped_column(
@@ -65,7 +70,7 @@ class Attachment(Base):
     content_ct: Mapped[bytes] = mapped_column(LargeBinary)
     content_type: Mapped[str] = mapped_column(String(200))
     size: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ApiToken(Base):
@@ -81,5 +86,5 @@ class ApiToken(Base):
     )
     name: Mapped[str] = mapped_column(String(200))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

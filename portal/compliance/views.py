@@ -1,20 +1,301 @@
-"""The Compliance Policies page."""
+"""Organization Settings → Compliance Policies: the BYOK wizard, as htmx partials and pages."""
 
-from flask import current_app, render_template
+from __future__ import annotations
+
+from typing import Any
+
+from flask import (
+    current_app,
+    flash,
+    make_response,
+    redirect,
+    render_template,
+    session,
+    url_for,
+)
 from flask_login import current_user
+from flask_wtf import FlaskForm
 
+from portal import crypto
+from portal.auth import reauth
 from portal.auth.gates import require_role
 from portal.compliance import bp
+from portal.compliance.forms import ConfirmForm, DisableForm, GenerateForm, KeyForm, RestoreForm
+from portal.db import get_session
+from portal.htmx import is_htmx
+from portal.keyformat import format_key
+from portal.keys import operations as ops
+from portal.keys import policy
+from portal.models import Organization
+
+FORMS = {
+    "enable": KeyForm,
+    "restore": RestoreForm,
+    "disable": DisableForm,
+    "lost": ConfirmForm,
+    "revoke": ConfirmForm,
+    "generate": GenerateForm,
+}
+
+
+@bp.after_request
+def _no_store(response):
+    """Pages and fragments here show key state: never cache them anywhere."""
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+def _org() -> Organization:
+    """Return the signed-in user's organisation."""
+    return get_session().get(Organization, current_user.company_id)
+
+
+def _forms(**given: FlaskForm) -> dict[str, FlaskForm]:
+    """Return a form per action, using the submitted one where given."""
+    return {name: given.get(name) or cls(formdata=None) for name, cls in FORMS.items()}
+
+
+def _context(org: Organization, **extra: Any) -> dict[str, Any]:
+    """Everything the page and its fragments render from."""
+    eligible = policy.byok_eligible(org)
+    return {
+        "org": org,
+        "deployment": current_app.config["BYOK_DEPLOYMENT"],
+        "isolated": policy.isolated(org),
+        "eligible": eligible,
+        "status": ops.status(get_session(), org) if eligible else None,
+        "read_only": current_user.role != "admin",
+        "sales_url": current_app.config["SALES_URL"],
+        "reauth_fresh": reauth.is_fresh(),
+        "forms": extra.pop("forms", None) or _forms(),
+        **extra,
+    }
 
 
 @bp.get("")
 @require_role("admin", "auditor")
 def index():
     """Show the deployment tier and, for eligible organisations, BYOK configuration."""
-    org = current_user.organization
-    return render_template(
-        "compliance/index.html",
-        org=org,
-        deployment=current_app.config["BYOK_DEPLOYMENT"],
-        read_only=current_user.role != "admin",
+    return render_template("compliance/index.html", **_context(_org()))
+
+
+@bp.get("/byok")
+@require_role("admin", "auditor")
+def byok_section():
+    """Return the BYOK section alone (status panel and actions)."""
+    org = _org()
+    if not policy.byok_eligible(org):
+        return render_template("compliance/_upgrade.html", **_context(org))
+    return render_template("compliance/_byok.html", **_context(org))
+
+
+def _refused(name: str, form: FlaskForm, org: Organization):
+    """Answer a refused step: field errors swapped in place (htmx) or the page again."""
+    if is_htmx():
+        return render_template("compliance/_feedback.html", form=form, form_name=name), 422
+    html = render_template("compliance/index.html", **_context(org, forms=_forms(**{name: form})))
+    return html, 422
+
+
+def _done(message: str, org: Organization):
+    """Answer a completed step: the whole BYOK section re-rendered, or a redirect."""
+    get_session().commit()
+    if is_htmx():
+        response = make_response(
+            render_template("compliance/_byok.html", **_context(org, done_message=message))
+        )
+        response.headers["HX-Retarget"] = "#byok"
+        response.headers["HX-Reswap"] = "outerHTML"
+        return response
+    flash(message)
+    return redirect(url_for("compliance.index"), code=303)
+
+
+def _submitted(name: str) -> FlaskForm:
+    """Bind and validate the posted form of an action (CSRF is checked globally)."""
+    form = FORMS[name]()
+    form.validate()
+    return form
+
+
+def _attempt(name: str, form: FlaskForm, org: Organization, operation, needs_reauth: bool):
+    """Run an operation after re-authentication, mapping refusals onto form fields."""
+    db = get_session()
+    if needs_reauth:
+        problem = reauth.confirm(getattr(form, "password", None) and form.password.data)
+        if problem:
+            form.password.errors = [problem]
+            return None
+    try:
+        return operation()
+    except ops.KeyOperationError as exc:
+        db.commit()  # keep the audit events of a refused attempt
+        field = getattr(form, exc.field, None) if exc.field else None
+        target = field if field is not None else form.form_errors
+        if isinstance(target, list):
+            target.append(exc.message)
+        else:
+            target.errors = [*target.errors, exc.message]
+        return None
+
+
+@bp.post("/byok/generate")
+@require_role("admin")
+def generate():
+    """Generate a key and show it once; the server keeps only its fingerprint in the session."""
+    org = _org()
+    _submitted("generate")
+    key = crypto.generate_key()
+    try:
+        fp = ops.record_generated(get_session(), org, current_user, key)
+    except ops.KeyOperationError as exc:
+        return render_template(
+            "errors/_error.html", status=403, title="Not available", message=exc.message
+        ), 403
+    get_session().commit()
+    session["generated_fingerprint"] = fp
+    context = {"generated_key": format_key(key), "fingerprint": fp}
+    if is_htmx():
+        return render_template("compliance/_generated.html", **context)
+    return render_template("compliance/index.html", **_context(org, **context))
+
+
+@bp.post("/byok/test")
+@require_role("admin")
+def test():
+    """Encrypt and decrypt a test message with the pasted key; show the fingerprint."""
+    org = _org()
+    form = _submitted("enable")
+    form.tested_fingerprint.data = ""
+    fp = _attempt(
+        "enable",
+        form,
+        org,
+        lambda: ops.test_key(get_session(), org, current_user, form.key.data or ""),
+        needs_reauth=False,
+    )
+    get_session().commit()
+    if fp is None:
+        return _refused("enable", form, org)
+    form.tested_fingerprint.data = fp
+    if is_htmx():
+        return render_template(
+            "compliance/_feedback.html", form=form, form_name="enable", tested=fp
+        )
+    html = render_template(
+        "compliance/index.html", **_context(org, forms=_forms(enable=form), tested=fp)
+    )
+    return html
+
+
+@bp.post("/byok/enable")
+@require_role("admin")
+def enable():
+    """Save & Enable: seal the tested key and make it the organisation's encrypting key."""
+    org = _org()
+    form = _submitted("enable")
+    row = _attempt(
+        "enable",
+        form,
+        org,
+        lambda: ops.enable(
+            get_session(),
+            org,
+            current_user,
+            form.key.data or "",
+            form.tested_fingerprint.data or "",
+            session.get("generated_fingerprint"),
+        ),
+        needs_reauth=True,
+    )
+    if row is None:
+        return _refused("enable", form, org)
+    session.pop("generated_fingerprint", None)
+    return _done(f"BYOK is enabled with key {row.fingerprint}. New data is encrypted with it.", org)
+
+
+@bp.post("/byok/disable")
+@require_role("admin")
+def disable():
+    """Switch BYOK off (Organization Community only)."""
+    org = _org()
+    form = _submitted("disable")
+    row = _attempt(
+        "disable",
+        form,
+        org,
+        lambda: ops.disable(
+            get_session(), org, current_user, form.confirm_slug.data, form.acknowledge.data
+        ),
+        needs_reauth=True,
+    )
+    if row is None:
+        return _refused("disable", form, org)
+    return _done("BYOK is disabled. New data is encrypted with a platform-managed key.", org)
+
+
+@bp.post("/byok/lost")
+@require_role("admin")
+def declare_lost():
+    """Declare the BYOK key lost."""
+    org = _org()
+    form = _submitted("lost")
+    row = _attempt(
+        "lost",
+        form,
+        org,
+        lambda: ops.declare_lost(get_session(), org, current_user, form.confirm_slug.data),
+        needs_reauth=True,
+    )
+    if row is None:
+        return _refused("lost", form, org)
+    return _done(
+        f"Key {row.fingerprint} is declared lost; its items are unreadable until it "
+        "is restored from a backup.",
+        org,
+    )
+
+
+@bp.post("/byok/restore")
+@require_role("admin")
+def restore():
+    """Restore a lost or unavailable key from the admin's backup."""
+    org = _org()
+    form = _submitted("restore")
+    row = _attempt(
+        "restore",
+        form,
+        org,
+        lambda: ops.restore(get_session(), org, current_user, form.key.data or ""),
+        needs_reauth=True,
+    )
+    if row is None:
+        return _refused("restore", form, org)
+    return _done(
+        f"Key {row.fingerprint} is restored ({row.state.replace('_', '-')}); its data "
+        "is readable again.",
+        org,
+    )
+
+
+@bp.post("/byok/revoke")
+@require_role("admin")
+def revoke():
+    """Revoke key access: destroy the sealed copy until the admin restores the key."""
+    org = _org()
+    form = _submitted("revoke")
+    row = _attempt(
+        "revoke",
+        form,
+        org,
+        lambda: ops.revoke(get_session(), org, current_user, form.confirm_slug.data),
+        needs_reauth=True,
+    )
+    if row is None:
+        return _refused("revoke", form, org)
+    return _done(
+        f"Access to key {row.fingerprint} is revoked. Nothing under it can be read "
+        "until you restore it.",
+        org,
     )

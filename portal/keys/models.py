@@ -7,7 +7,6 @@ from datetime import datetime
 
 from sqlalchemy import (
     CheckConstraint,
-    DateTime,
     ForeignKey,
     LargeBinary,
     String,
@@ -16,7 +15,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from portal.db import Base, new_id, utcnow
+from portal.db import Base, UTCDateTime, new_id, utcnow
 
 KEY_STATES = ("active", "decrypt_only", "retired", "unavailable", "lost")
 KEY_ORIGINS = ("platform", "generated", "imported")
@@ -44,8 +43,8 @@ class OrgKey(Base):
     sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     custody: Mapped[str | None] = mapped_column(String(100))
     created_by: Mapped[str] = mapped_column(String(320))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    state_changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    state_changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     state_changed_by: Mapped[str | None] = mapped_column(String(320))
 
     @property

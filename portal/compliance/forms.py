@@ -1,0 +1,45 @@
+"""Forms of the BYOK wizard. Key fields are never rendered back with their value."""
+
+from flask_wtf import FlaskForm
+from wtforms import BooleanField, HiddenField, PasswordField, StringField, TextAreaField
+from wtforms.validators import Length, Optional
+
+SLUG_LABEL = "Type the organisation's slug to confirm"
+
+
+class KeyForm(FlaskForm):
+    """Paste a key to test it and then save and enable it (Enable BYOK / Import)."""
+
+    key = TextAreaField("Encryption key (base64, 32 bytes)", validators=[Length(max=4096)])
+    tested_fingerprint = HiddenField()
+    password = PasswordField("Your password", validators=[Optional(), Length(max=1024)])
+
+
+class RestoreForm(FlaskForm):
+    """Paste a key from backup to restore it."""
+
+    key = TextAreaField("Key from your backup (base64)", validators=[Length(max=4096)])
+    password = PasswordField("Your password", validators=[Optional(), Length(max=1024)])
+
+
+class DisableForm(FlaskForm):
+    """Switch BYOK off after typing the slug and acknowledging the consequences."""
+
+    confirm_slug = StringField(
+        "Type the organisation's slug to confirm", validators=[Length(max=100)]
+    )
+    acknowledge = BooleanField("Our compliance and legal teams were consulted")
+    password = PasswordField("Your password", validators=[Optional(), Length(max=1024)])
+
+
+class ConfirmForm(FlaskForm):
+    """Confirm a destructive key operation (declare lost, revoke) by slug and password."""
+
+    confirm_slug = StringField(
+        "Type the organisation's slug to confirm", validators=[Length(max=100)]
+    )
+    password = PasswordField("Your password", validators=[Optional(), Length(max=1024)])
+
+
+class GenerateForm(FlaskForm):
+    """Ask for a freshly generated key (carries only the CSRF token)."""

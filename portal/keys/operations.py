@@ -1,0 +1,396 @@
+"""BYOK key operations, shared by the wizard and the CLI: same checks, messages and events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from portal import crypto
+from portal.chat.models import Attachment, Conversation, Message
+from portal.events import emit
+from portal.keyformat import KeyFormatError, parse_key
+from portal.keys import policy
+from portal.keys.models import OrgKey
+from portal.keys.service import (
+    forget_cached_keys,
+    load_keys,
+    mark_state,
+    seal_context,
+    store_key,
+    unseal,
+)
+from portal.models import Organization
+
+DATA_TABLES = (("messages", Message), ("attachments", Attachment), ("metadata", Conversation))
+
+
+class KeyOperationError(ValueError):
+    """A key operation was refused; ``field`` names the form field the message belongs to."""
+
+    def __init__(self, message: str, field: str | None = None, code: str = "refused") -> None:
+        super().__init__(message)
+        self.message, self.field, self.code = message, field, code
+
+
+def actor_label(actor: Any) -> str:
+    """Return how an actor is named on key rows (a user's email, or 'cli'/'system')."""
+    return actor if isinstance(actor, str) else actor.email
+
+
+def read_key(text: str, field: str = "key") -> bytes:
+    """Parse a pasted key, turning format problems into a refusal tied to the field."""
+    try:
+        return parse_key(text or "")
+    except KeyFormatError as exc:
+        raise KeyOperationError(str(exc), field=field, code=exc.code) from None
+
+
+def item_counts(session: Session, company_id) -> dict[str, dict[str, int]]:
+    """Count stored items per key id and kind, from the key_id columns alone."""
+    counts: dict[str, dict[str, int]] = {}
+    for kind, model in DATA_TABLES:
+        rows = session.execute(
+            select(model.key_id, func.count())
+            .where(model.company_id == company_id)
+            .group_by(model.key_id)
+        )
+        for key_id, n in rows:
+            counts.setdefault(key_id, {k: 0 for k, _ in DATA_TABLES})[kind] = n
+    return counts
+
+
+@dataclass
+class KeyStatus:
+    """What the status panel and ``key status`` show about an organisation's keys."""
+
+    org: Organization
+    byok_enabled: bool
+    byok_required: bool
+    active: OrgKey | None
+    keys: list[dict[str, Any]]
+    rotation_due: datetime | None
+    rotation_overdue: bool
+    platform_items: int
+
+    def as_json(self) -> dict[str, Any]:
+        """Return the status as plain JSON values (no key material: fingerprints only)."""
+        return {
+            "organization": self.org.slug,
+            "tier": self.org.tier,
+            "byok_enabled": self.byok_enabled,
+            "byok_required": self.byok_required,
+            "active_fingerprint": self.active.fingerprint if self.active else None,
+            "rotation_due": self.rotation_due.isoformat() if self.rotation_due else None,
+            "rotation_overdue": self.rotation_overdue,
+            "keys": [
+                {k: v for k, v in key.items() if k != "row"} | {"items": key["items"]}
+                for key in self.keys
+            ],
+        }
+
+
+def status(session: Session, org: Organization, now: datetime | None = None) -> KeyStatus:
+    """Describe the organisation's keys, their states and how many items each encrypts."""
+    from portal.db import utcnow
+
+    now = now or utcnow()
+    loaded = load_keys(session, org.id)
+    counts = item_counts(session, org.id)
+    active = next((r for r in loaded.rows if r.state == "active"), None)
+    keys = []
+    for row in sorted(loaded.rows, key=lambda r: r.created_at, reverse=True):
+        per_kind = counts.get(row.key_id, {k: 0 for k, _ in DATA_TABLES})
+        keys.append(
+            {
+                "row": row,
+                "fingerprint": row.fingerprint,
+                "state": loaded.effective_state(row),
+                "origin": row.origin,
+                "created_at": row.created_at.isoformat(),
+                "state_changed_at": row.state_changed_at.isoformat(),
+                "state_changed_by": row.state_changed_by,
+                "items": sum(per_kind.values()),
+                "items_by_kind": per_kind,
+            }
+        )
+    enabled = active is not None and active.origin != "platform"
+    due = None
+    if enabled:
+        due = _aware(active.state_changed_at) + timedelta(days=org.rotation_period_days)
+    platform_items = sum(k["items"] for k in keys if k["origin"] == "platform")
+    return KeyStatus(
+        org=org,
+        byok_enabled=enabled,
+        byok_required=policy.byok_required(org),
+        active=active,
+        keys=keys,
+        rotation_due=due,
+        rotation_overdue=bool(due and due < now),
+        platform_items=platform_items,
+    )
+
+
+def _aware(moment: datetime) -> datetime:
+    """Treat a naive stored time (SQLite) as UTC."""
+    from datetime import UTC
+
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _require_eligible(org: Organization) -> None:
+    """Refuse key management for personal (Community) accounts."""
+    if not policy.byok_eligible(org):
+        raise KeyOperationError(
+            "BYOK is not available for Community (personal) accounts; contact sales to upgrade."
+        )
+
+
+def _require_no_run(session: Session, org: Organization, what: str) -> None:
+    """Refuse while a rotation or re-encryption run of the organisation is in progress."""
+    from portal.keys.runs import run_in_progress
+
+    if run_in_progress(session, org.id):
+        raise KeyOperationError(
+            f"A key rotation is in progress; {what} is not possible until it ends."
+        )
+
+
+def record_generated(session: Session, org: Organization, actor: Any, key: bytes) -> str:
+    """Audit that a key was generated and shown once; return its fingerprint."""
+    _require_eligible(org)
+    fp = crypto.fingerprint(crypto.key_id(key))
+    emit(session, "BYOK.key_generated", actor=actor, company_id=org.id, details={"fingerprint": fp})
+    return fp
+
+
+def test_key(session: Session, org: Organization, actor: Any, text: str) -> str:
+    """Round-trip a test message through the pasted key; audit and return its fingerprint."""
+    _require_eligible(org)
+    try:
+        key = read_key(text)
+    except KeyOperationError as exc:
+        emit(
+            session,
+            "BYOK.key_test",
+            outcome="failure",
+            actor=actor,
+            company_id=org.id,
+            details={"reason": exc.code},
+        )
+        raise
+    fp = crypto.fingerprint(crypto.key_id(key))
+    ok = crypto.self_test(key)
+    emit(
+        session,
+        "BYOK.key_test",
+        outcome="success" if ok else "failure",
+        actor=actor,
+        company_id=org.id,
+        details={"fingerprint": fp},
+    )
+    if not ok:
+        raise KeyOperationError("The key failed the encrypt/decrypt test.", field="key")
+    return fp
+
+
+def _known(session: Session, org: Organization, key_id_hex: str) -> OrgKey | None:
+    """Return the organisation's key row with this id, in any state."""
+    return session.scalar(
+        select(OrgKey).where(OrgKey.company_id == org.id, OrgKey.key_id == key_id_hex)
+    )
+
+
+def enable(
+    session: Session,
+    org: Organization,
+    actor: Any,
+    text: str,
+    tested_fingerprint: str,
+    generated_fingerprint: str | None = None,
+) -> OrgKey:
+    """Make a tested key the organisation's encrypting key; new data is encrypted with it."""
+    _require_eligible(org)
+    _require_no_run(session, org, "enabling a key")
+    key = read_key(text)
+    fp = crypto.fingerprint(crypto.key_id(key))
+    if tested_fingerprint != fp:
+        raise KeyOperationError(
+            "Test this key first: press Test Key, then Save & Enable.", field="key", code="untested"
+        )
+    if not crypto.self_test(key):
+        raise KeyOperationError("The key failed the encrypt/decrypt test.", field="key")
+    current = policy.active_key(session, org.id)
+    if current is not None and current.origin != "platform":
+        raise KeyOperationError("BYOK is already enabled; use Rotate Key to change the key.")
+    if _known(session, org, crypto.key_id(key).hex()) is not None:
+        raise KeyOperationError(
+            "This key was used by your organisation before; use a new key (or Restore key).",
+            field="key",
+            code="reused",
+        )
+    label = actor_label(actor)
+    if current is not None:
+        mark_state(current, "decrypt_only", label)
+    origin = "generated" if generated_fingerprint == fp else "imported"
+    row = store_key(session, org.id, key, origin=origin, state="active", actor=label)
+    forget_cached_keys()
+    emit(
+        session,
+        "BYOK.enabled",
+        actor=actor,
+        company_id=org.id,
+        details={"fingerprint": fp, "origin": origin},
+    )
+    return row
+
+
+def disable(
+    session: Session, org: Organization, actor: Any, confirm_slug: str, acknowledged: bool
+) -> OrgKey:
+    """Switch BYOK off (Organization Community only): new data goes under a platform key."""
+    if policy.byok_required(org):
+        raise KeyOperationError(
+            "BYOK is required for Dedicated and On-Premise deployments and cannot be disabled; "
+            "rotate the key instead, or declare it lost and enable a new one."
+        )
+    _require_no_run(session, org, "disabling BYOK")
+    current = policy.active_key(session, org.id)
+    if current is None or current.origin == "platform":
+        raise KeyOperationError("BYOK is not enabled.")
+    if (confirm_slug or "").strip() != org.slug:
+        raise KeyOperationError(
+            f"Type the organisation's slug ({org.slug}) to confirm.", field="confirm_slug"
+        )
+    if not acknowledged:
+        raise KeyOperationError(
+            "Confirm that your compliance and legal teams were consulted.", field="acknowledge"
+        )
+    label = actor_label(actor)
+    mark_state(current, "decrypt_only", label)
+    platform = _activate_platform_key(session, org, label)
+    emit(
+        session,
+        "BYOK.disabled",
+        actor=actor,
+        company_id=org.id,
+        details={"fingerprint": current.fingerprint, "platform_fingerprint": platform.fingerprint},
+    )
+    return platform
+
+
+def _activate_platform_key(session: Session, org: Organization, label: str) -> OrgKey:
+    """Make a platform key the encrypting key: the newest usable one, or a fresh one."""
+    rows = session.scalars(
+        select(OrgKey)
+        .where(
+            OrgKey.company_id == org.id, OrgKey.origin == "platform", OrgKey.state == "decrypt_only"
+        )
+        .order_by(OrgKey.created_at.desc())
+    )
+    for row in rows:
+        if unseal(row) is not None:
+            mark_state(row, "active", label)
+            return row
+    return store_key(
+        session, org.id, crypto.generate_key(), origin="platform", state="active", actor=label
+    )
+
+
+def declare_lost(session: Session, org: Organization, actor: Any, confirm_slug: str) -> OrgKey:
+    """Declare the active BYOK key lost: its sealed copy is destroyed, its items unreadable."""
+    _require_no_run(session, org, "declaring the key lost")
+    current = policy.active_key(session, org.id)
+    if current is None or current.origin == "platform":
+        raise KeyOperationError("There is no BYOK key to declare lost.")
+    if (confirm_slug or "").strip() != org.slug:
+        raise KeyOperationError(
+            f"Type the organisation's slug ({org.slug}) to confirm.", field="confirm_slug"
+        )
+    label = actor_label(actor)
+    current.sealed = None
+    mark_state(current, "lost", label)
+    details = {"fingerprint": current.fingerprint}
+    if not policy.byok_required(org):
+        details["platform_fingerprint"] = _activate_platform_key(session, org, label).fingerprint
+    emit(session, "encryption_key.declared_lost", actor=actor, company_id=org.id, details=details)
+    return current
+
+
+def restore(session: Session, org: Organization, actor: Any, text: str) -> OrgKey:
+    """Take a key back from the admin's backup; accepted only if the organisation had it."""
+    key = read_key(text)
+    key_id_hex = crypto.key_id(key).hex()
+    row = _known(session, org, key_id_hex)
+    fp = crypto.fingerprint(crypto.key_id(key))
+    loaded = load_keys(session, org.id)
+    if row is None or row.origin == "platform":
+        emit(
+            session,
+            "encryption_key.restore",
+            outcome="failure",
+            actor=actor,
+            company_id=org.id,
+            details={"fingerprint": fp, "reason": "unknown_key"},
+        )
+        raise KeyOperationError(
+            f"No key of your organisation has fingerprint {fp}; check you pasted the right backup.",
+            field="key",
+            code="unknown_key",
+        )
+    if loaded.effective_state(row) not in ("lost", "unavailable"):
+        raise KeyOperationError(
+            f"Key {fp} is {row.state}; there is nothing to restore.",
+            field="key",
+            code="not_restorable",
+        )
+    from portal.keys.service import custody
+
+    backend = custody()
+    if backend is None:
+        raise KeyOperationError("No master key is loaded: run `byok-portal init` first.")
+    label = actor_label(actor)
+    row.sealed = backend.seal(key, seal_context(org.id, key_id_hex))
+    row.custody = backend.name
+    if row.state in ("lost", "unavailable"):
+        current = policy.active_key(session, org.id)
+        if current is None or current.origin == "platform":
+            if current is not None:
+                mark_state(current, "decrypt_only", label)
+            mark_state(row, "active", label)
+        else:
+            mark_state(row, "decrypt_only", label)
+    forget_cached_keys()
+    emit(
+        session,
+        "encryption_key.restored",
+        actor=actor,
+        company_id=org.id,
+        details={"fingerprint": fp, "state": row.state},
+    )
+    return row
+
+
+def revoke(session: Session, org: Organization, actor: Any, confirm_slug: str) -> OrgKey:
+    """Kill switch: destroy the active BYOK key's sealed copy until the admin restores it."""
+    _require_no_run(session, org, "revoking the key")
+    current = policy.active_key(session, org.id)
+    if current is None or current.origin == "platform":
+        raise KeyOperationError("There is no BYOK key to revoke.")
+    if (confirm_slug or "").strip() != org.slug:
+        raise KeyOperationError(
+            f"Type the organisation's slug ({org.slug}) to confirm.", field="confirm_slug"
+        )
+    current.sealed = None
+    mark_state(current, "unavailable", actor_label(actor))
+    emit(
+        session,
+        "encryption_key.revoked",
+        actor=actor,
+        company_id=org.id,
+        details={"fingerprint": current.fingerprint},
+    )
+    return current

@@ -1,0 +1,123 @@
+"""Rotation runs, their units of work (ranges with checkpoints) and per-item failures."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    Uuid,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from portal.db import Base, UTCDateTime, new_id, utcnow
+
+RUN_STATES = ("queued", "running", "paused", "verifying", "completed", "failed", "cancelled")
+ACTIVE_RUN_STATES = ("queued", "running", "paused", "verifying")
+RUN_KINDS = ("rotation", "encrypt_existing")
+DATA_KINDS = ("messages", "attachments", "metadata")
+RANGE_STATES = ("pending", "running", "done")
+
+
+class RotationRun(Base):
+    """One re-encryption run of one organisation; the database is its source of truth."""
+
+    __tablename__ = "rotation_runs"
+    __table_args__ = (
+        CheckConstraint(f"state IN {RUN_STATES}", name="ck_rotation_runs_state"),
+        CheckConstraint(f"kind IN {RUN_KINDS}", name="ck_rotation_runs_kind"),
+        Index("ix_rotation_runs_company_created", "company_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    company_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("organizations.id", ondelete="CASCADE")
+    )
+    kind: Mapped[str] = mapped_column(String(20), default="rotation")
+    # Hex key ids: the keys items are moved from (comma-separated) and the key they move to.
+    old_key_ids: Mapped[str] = mapped_column(String(400))
+    new_key_id: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(20), default="queued")
+    # Planned item counts per kind; done/failed are summed from the ranges (cheap to read).
+    messages_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    attachments_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    metadata_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    max_batches_per_second: Mapped[float | None] = mapped_column(Float)
+    started_by: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class RotationRange(Base):
+    """A unit of work: one kind of item within a primary-key range, with its checkpoint."""
+
+    __tablename__ = "rotation_ranges"
+    __table_args__ = (
+        CheckConstraint(f"state IN {RANGE_STATES}", name="ck_rotation_ranges_state"),
+        Index("ix_rotation_ranges_run", "run_id", "kind", "seq"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    run_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("rotation_runs.id", ondelete="CASCADE")
+    )
+    kind: Mapped[str] = mapped_column(String(20))
+    seq: Mapped[int] = mapped_column(Integer)
+    # Inclusive lower and exclusive upper bound of ids (None: unbounded).
+    lo: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    hi: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # Checkpoint: the last id that was processed; work resumes after it.
+    cursor: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    done: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RotationFailure(Base):
+    """An item a run could not re-encrypt: left untouched, listed for the admin."""
+
+    __tablename__ = "rotation_failures"
+    __table_args__ = (Index("ix_rotation_failures_run_item", "run_id", "item_id", unique=True),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    run_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("rotation_runs.id", ondelete="CASCADE")
+    )
+    kind: Mapped[str] = mapped_column(String(20))
+    item_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    reason: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RotationEvent(Base):
+    """The run's own history (state changes, milestones) shown on its progress page."""
+
+    __tablename__ = "rotation_events"
+    __table_args__ = (Index("ix_rotation_events_run", "run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    run_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("rotation_runs.id", ondelete="CASCADE")
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    message: Mapped[str] = mapped_column(String(400))
