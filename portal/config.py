@@ -61,6 +61,13 @@ class Config:
         self.MAX_ATTACHMENT_BYTES: int = _int(env, "MAX_ATTACHMENT_BYTES", 25 * 1024 * 1024)
         self.RQ_QUEUE: str = env.get("RQ_QUEUE", "byok")
         self.REAUTH_SECONDS: int = _int(env, "REAUTH_SECONDS", 300)
+        # Rotation: batch bounds, how long one job works a range before handing it back,
+        # when a silent range counts as abandoned, and how often the watchdog looks.
+        self.ROTATION_BATCH_ROWS: int = _int(env, "ROTATION_BATCH_ROWS", 1000)
+        self.ROTATION_BATCH_BYTES: int = _int(env, "ROTATION_BATCH_BYTES", 16 * 1024 * 1024)
+        self.ROTATION_SLICE_SECONDS: int = _int(env, "ROTATION_SLICE_SECONDS", 30)
+        self.ROTATION_STALE_SECONDS: int = _int(env, "ROTATION_STALE_SECONDS", 30)
+        self.ROTATION_WATCHDOG_SECONDS: int = _int(env, "ROTATION_WATCHDOG_SECONDS", 5)
         for key, value in overrides.items():
             setattr(self, key, value)
         if self.BYOK_DEPLOYMENT not in DEPLOYMENT_MODES:

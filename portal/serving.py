@@ -53,10 +53,16 @@ def _work(burst: bool) -> None:
 
     app = create_app()
     with app.app_context():
+        from jobs.context import set_app
+        from jobs.rotation import resume_active_runs
+
+        set_app(app)
         connection = connect(app)
         queue = make_queue(connection, app.config["RQ_QUEUE"])
-        for hook in app.extensions.get("worker_start_hooks", []):
-            hook()
+        # The database is the source of truth: whatever Redis lost, a new worker re-queues.
+        resumed = resume_active_runs(app)
+        if resumed:
+            print(f"resumed rotation runs: {', '.join(resumed)}", flush=True)
         Worker([queue], connection=connection, serializer=JSONSerializer).work(
             burst=burst, with_scheduler=True
         )

@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-28 17:39:27.742201
+Create Date: 2026-11-28 17:44:11.847181
 """
 
 import sqlalchemy as sa
@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("attachments_total", sa.BigInteger(), nullable=False),
         sa.Column("metadata_total", sa.BigInteger(), nullable=False),
         sa.Column("max_batches_per_second", sa.Float(), nullable=True),
+        sa.Column("passes", sa.Integer(), nullable=False),
         sa.Column("started_by", sa.String(length=320), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
@@ -105,6 +106,7 @@ def upgrade() -> None:
         sa.Column("bytes_done", sa.BigInteger(), nullable=False),
         sa.Column("worker", sa.String(length=200), nullable=True),
         sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.CheckConstraint(
             "state IN ('pending', 'running', 'done')", name="ck_rotation_ranges_state"

@@ -51,6 +51,8 @@ class RotationRun(Base):
     attachments_total: Mapped[int] = mapped_column(BigInteger, default=0)
     metadata_total: Mapped[int] = mapped_column(BigInteger, default=0)
     max_batches_per_second: Mapped[float | None] = mapped_column(Float)
+    # How many verification passes found items left and sent the run round again.
+    passes: Mapped[int] = mapped_column(Integer, default=0)
     started_by: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -86,6 +88,8 @@ class RotationRange(Base):
     bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
     worker: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When a job for this range was last put on the queue (the watchdog re-enqueues late ones).
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
 
 

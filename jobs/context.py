@@ -1,0 +1,23 @@
+"""The app a worker process runs jobs in: built once per process, never at import time."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+_app: Flask | None = None
+
+
+def set_app(app: Flask) -> None:
+    """Use this app for jobs in this process (the worker sets it before it starts)."""
+    global _app
+    _app = app
+
+
+def get_app() -> Flask:
+    """Return the process's app, creating it from the environment on first use."""
+    global _app
+    if _app is None:
+        from portal import create_app
+
+        _app = create_app()
+    return _app

@@ -1,0 +1,278 @@
+"""RQ jobs of a rotation run. They take a run id and a range id, never key material."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from datetime import timedelta
+
+from flask import Flask
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session
+
+from jobs.context import get_app
+from portal.db import utcnow
+from portal.events import emit
+from portal.rotation import engine, service
+from portal.rotation.models import RotationRange, RotationRun
+
+
+def _session(app: Flask) -> Session:
+    """A session of its own for a job (a job owns its transactions)."""
+    return app.extensions["db_sessionmaker"]()
+
+
+def _fresh_engine(app: Flask) -> None:
+    """Drop pooled connections inherited from a parent process (RQ forks per job)."""
+    app.extensions["db_engine"].dispose(close=False)
+
+
+def process_range(run_id: str, range_id: int) -> str:
+    """Re-encrypt one range in batches for up to a time slice, checkpointing each batch."""
+    app = get_app()
+    _fresh_engine(app)
+    with app.app_context():
+        return _process(app, uuid.UUID(run_id), range_id)
+
+
+def _claim(db: Session, run_id: uuid.UUID, range_id: int, me: str, stale: int) -> bool:
+    """Take the range unless another live worker holds it or it is done."""
+    now = utcnow()
+    taken = db.execute(
+        update(RotationRange)
+        .where(
+            RotationRange.id == range_id,
+            RotationRange.run_id == run_id,
+            (RotationRange.state == "pending")
+            | (
+                (RotationRange.state == "running")
+                & (
+                    (RotationRange.heartbeat_at.is_(None))
+                    | (RotationRange.heartbeat_at < now - timedelta(seconds=stale))
+                )
+            ),
+        )
+        .values(state="running", worker=me, heartbeat_at=now, attempts=RotationRange.attempts + 1)
+    ).rowcount
+    db.commit()
+    return bool(taken)
+
+
+def _release(db: Session, range_id: int, me: str, state: str = "pending") -> None:
+    """Hand the range back (or mark it done) if this worker still holds it."""
+    db.execute(
+        update(RotationRange)
+        .where(RotationRange.id == range_id, RotationRange.worker == me)
+        .values(state=state, worker=None, enqueued_at=None, heartbeat_at=utcnow())
+    )
+    db.commit()
+
+
+def _process(app: Flask, run_id: uuid.UUID, range_id: int) -> str:
+    """The batch loop of one range."""
+    cfg = app.config
+    me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    with _session(app) as db:
+        if not _claim(db, run_id, range_id, me, cfg["ROTATION_STALE_SECONDS"]):
+            return "not claimed"
+        run = db.get(RotationRun, run_id)
+        rng = db.get(RotationRange, range_id)
+        kind = engine.KINDS[rng.kind]
+        old = run.old_key_ids.split(",")
+        try:
+            ring = service.keyring_for_run(db, run)
+        except service.RotationError as exc:
+            _release(db, range_id, me)
+            return f"waiting: {exc}"
+        cursor, lo, hi, company = rng.cursor, rng.lo, rng.hi, run.company_id
+        deadline = time.monotonic() + cfg["ROTATION_SLICE_SECONDS"]
+        last_batch = 0.0
+        while True:
+            state, throttle = db.execute(
+                select(RotationRun.state, RotationRun.max_batches_per_second).where(
+                    RotationRun.id == run_id
+                )
+            ).one()
+            if state != "running":
+                _release(db, range_id, me)
+                return f"stopped: run is {state}"
+            if throttle:
+                wait = last_batch + 1.0 / throttle - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            last_batch = time.monotonic()
+            result = engine.run_batch(
+                db.connection(),
+                run_id,
+                kind,
+                company,
+                old,
+                run.new_key_id,
+                ring,
+                cursor,
+                lo,
+                hi,
+                cfg["ROTATION_BATCH_ROWS"],
+                cfg["ROTATION_BATCH_BYTES"],
+            )
+            if result.last_id is None:
+                db.rollback()
+                _release(db, range_id, me, state="done")
+                _maybe_finish(app, run_id)
+                return "done"
+            if result.failed:
+                emit(
+                    db,
+                    "encryption_key.decrypt_failed",
+                    outcome="failure",
+                    actor="system",
+                    company_id=company,
+                    details={
+                        "run_id": str(run_id),
+                        "kind": kind.name,
+                        "count": len(result.failed),
+                        "items": [f"{i}:{r}" for i, r in result.failed[:20]],
+                    },
+                )
+            kept = db.execute(
+                update(RotationRange)
+                .where(RotationRange.id == range_id, RotationRange.worker == me)
+                .values(
+                    cursor=result.last_id,
+                    heartbeat_at=utcnow(),
+                    done=RotationRange.done + result.rewritten + result.skipped,
+                    failed=RotationRange.failed + len(result.failed),
+                    bytes_done=RotationRange.bytes_done + result.bytes,
+                )
+            ).rowcount
+            if not kept:  # another worker took the range over: leave it all to them
+                db.rollback()
+                return "lost claim"
+            db.commit()
+            cursor = result.last_id
+            if time.monotonic() > deadline:
+                _release(db, range_id, me)
+                enqueue_ranges(app, run_id)
+                return "sliced"
+
+
+def _maybe_finish(
+    app: Flask, run_id: uuid.UUID, from_states: tuple[str, ...] = ("running",)
+) -> None:
+    """When every range is done, verify the run and complete it (or send it round again)."""
+    with _session(app) as db:
+        pending = exists().where(RotationRange.run_id == run_id, RotationRange.state != "done")
+        moved = db.execute(
+            update(RotationRun)
+            .where(RotationRun.id == run_id, RotationRun.state.in_(from_states), ~pending)
+            .values(state="verifying")
+        ).rowcount
+        db.commit()
+        if not moved:
+            return
+        run = db.get(RotationRun, run_id)
+        outcome = service.verify_and_finish(db, run)
+        db.commit()
+    if outcome == "running":
+        enqueue_ranges(app, run_id)
+
+
+def enqueue_ranges(app: Flask, run_id: uuid.UUID, everything: bool = False) -> int:
+    """Queue a job for each pending range not queued recently (all of them if asked)."""
+    from rq import Retry
+
+    from portal.redis_conn import connect
+    from portal.serving import make_queue
+
+    stale = timedelta(seconds=app.config["ROTATION_STALE_SECONDS"])
+    with _session(app) as db:
+        now = utcnow()
+        query = select(RotationRange.id).where(
+            RotationRange.run_id == run_id, RotationRange.state == "pending"
+        )
+        if not everything:
+            query = query.where(
+                RotationRange.enqueued_at.is_(None) | (RotationRange.enqueued_at < now - stale)
+            )
+        ids = list(db.scalars(query.order_by(RotationRange.kind, RotationRange.seq)))
+        if ids:
+            db.execute(
+                update(RotationRange).where(RotationRange.id.in_(ids)).values(enqueued_at=now)
+            )
+        db.commit()
+    queue = make_queue(connect(app), app.config["RQ_QUEUE"])
+    for range_id in ids:
+        queue.enqueue(
+            process_range,
+            str(run_id),
+            range_id,
+            job_id=f"rotation-range-{range_id}-{uuid.uuid4().hex[:8]}",
+            retry=Retry(max=3, interval=[1, 2, 5]),
+            job_timeout=max(300, 10 * app.config["ROTATION_SLICE_SECONDS"]),
+            result_ttl=300,
+            failure_ttl=86400,
+        )
+    schedule_watchdog(app, run_id)
+    return len(ids)
+
+
+def schedule_watchdog(app: Flask, run_id: uuid.UUID) -> None:
+    """Make sure the run's watchdog will look again soon."""
+    from portal.redis_conn import connect
+    from portal.serving import make_queue
+
+    queue = make_queue(connect(app), app.config["RQ_QUEUE"])
+    queue.enqueue_in(
+        timedelta(seconds=app.config["ROTATION_WATCHDOG_SECONDS"]),
+        watchdog,
+        str(run_id),
+        job_id=f"rotation-watchdog-{run_id}",
+        result_ttl=60,
+        failure_ttl=3600,
+    )
+
+
+def watchdog(run_id: str) -> str:
+    """Re-queue abandoned or late ranges and finish a run whose ranges are all done."""
+    app = get_app()
+    _fresh_engine(app)
+    rid = uuid.UUID(run_id)
+    stale = timedelta(seconds=app.config["ROTATION_STALE_SECONDS"])
+    with app.app_context(), _session(app) as db:
+        run = db.get(RotationRun, rid)
+        if run is None or run.state not in ("running", "verifying"):
+            return f"run is {run.state if run else 'gone'}"
+        state = run.state
+        db.execute(
+            update(RotationRange)
+            .where(
+                RotationRange.run_id == rid,
+                RotationRange.state == "running",
+                RotationRange.heartbeat_at < utcnow() - stale,
+            )
+            .values(state="pending", worker=None, enqueued_at=None)
+        )
+        db.commit()
+    _maybe_finish(
+        app, rid, from_states=("running", "verifying") if state == "verifying" else ("running",)
+    )
+    with _session(app) as db:
+        if db.get(RotationRun, rid).state in ("running", "verifying"):
+            enqueue_ranges(app, rid)
+    return "watching"
+
+
+def resume_active_runs(app: Flask | None = None) -> list[str]:
+    """Rebuild the queue from the database for every unfinished run (e.g. after Redis lost it)."""
+    app = app or get_app()
+    with _session(app) as db:
+        runs = list(
+            db.scalars(
+                select(RotationRun.id).where(RotationRun.state.in_(("running", "verifying")))
+            )
+        )
+    for run_id in runs:
+        enqueue_ranges(app, run_id, everything=True)
+    return [str(r) for r in runs]

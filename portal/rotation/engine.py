@@ -1,0 +1,248 @@
+"""Re-encrypting one range of items in batches: read, decrypt, re-encrypt, compare-and-swap.
+
+Each batch is one transaction: the rewritten rows and the range's checkpoint commit together,
+so a crash at any point leaves every item readable and the checkpoint consistent with them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+
+from portal import crypto
+
+NO_ID = uuid.UUID(int=0)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of stored item: its table, encrypted columns and the AD names of those."""
+
+    name: str
+    table: str
+    columns: tuple[str, ...]  # associated-data column names
+    ct_columns: tuple[str, ...]  # the columns holding ciphertext
+    size_column: str | None = None  # a cheap size, so big items are batched by bytes
+
+
+KINDS = {
+    "messages": Kind("messages", "messages", ("body",), ("body_ct",)),
+    "attachments": Kind(
+        "attachments",
+        "attachments",
+        ("filename", "content"),
+        ("filename_ct", "content_ct"),
+        size_column="size",
+    ),
+    "metadata": Kind(
+        "metadata", "conversations", ("title", "metadata"), ("title_ct", "metadata_ct")
+    ),
+}
+
+
+@dataclass
+class BatchResult:
+    """What one batch did."""
+
+    last_id: uuid.UUID | None
+    rewritten: int
+    skipped: int  # changed concurrently (compare-and-swap missed): already under the new key
+    failed: list[tuple[uuid.UUID, str]]
+    bytes: int
+
+
+class Dialect:
+    """The few SQL details that differ between PostgreSQL and SQLite."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.pg = conn.dialect.name == "postgresql"
+        self.mark = "%s" if self.pg else "?"
+
+    def uid(self, value: uuid.UUID | None) -> Any:
+        """Bind a UUID the way SQLAlchemy's Uuid type stores it."""
+        if value is None:
+            return None
+        return value if self.pg else value.hex
+
+    def read_uid(self, value: Any) -> uuid.UUID:
+        """Read a UUID from a raw row."""
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(hex=str(value))
+
+    def marks(self, n: int) -> str:
+        """Return n comma-separated placeholders."""
+        return ", ".join([self.mark] * n)
+
+
+def _where(d: Dialect, kind: Kind, old_keys: Sequence[str], lo, hi) -> tuple[str, list]:
+    """The filter of a range's remaining items under the old keys (after the cursor)."""
+    sql = f"company_id = {d.mark} AND key_id IN ({d.marks(len(old_keys))}) AND id > {d.mark}"
+    extra: list = []
+    if lo is not None:
+        sql += f" AND id >= {d.mark}"
+        extra.append(d.uid(lo))
+    if hi is not None:
+        sql += f" AND id < {d.mark}"
+        extra.append(d.uid(hi))
+    return sql, extra
+
+
+def select_batch(
+    conn: Connection,
+    kind: Kind,
+    company_id: uuid.UUID,
+    old_keys: Sequence[str],
+    cursor: uuid.UUID | None,
+    lo: uuid.UUID | None,
+    hi: uuid.UUID | None,
+    max_rows: int,
+    max_bytes: int,
+) -> list[tuple]:
+    """Read the next rows still under an old key, bounded by rows and by bytes."""
+    d = Dialect(conn)
+    where, extra = _where(d, kind, old_keys, lo, hi)
+    params = [d.uid(company_id), *old_keys, d.uid(cursor or NO_ID), *extra]
+    cols = ", ".join(kind.ct_columns)
+    if kind.size_column:
+        # Big items: pick ids by size first so one batch never holds more than max_bytes.
+        sizes = conn.exec_driver_sql(
+            f"SELECT id, {kind.size_column} FROM {kind.table} WHERE {where} "
+            f"ORDER BY id LIMIT {int(max_rows)}",
+            tuple(params),
+        ).fetchall()
+        chosen, total = [], 0
+        for row_id, size in sizes:
+            if chosen and total + size > max_bytes:
+                break
+            chosen.append(row_id)
+            total += size
+        if not chosen:
+            return []
+        return conn.exec_driver_sql(
+            f"SELECT id, key_id, {cols} FROM {kind.table} WHERE id IN ({d.marks(len(chosen))}) "
+            "ORDER BY id",
+            tuple(chosen),
+        ).fetchall()
+    rows = conn.exec_driver_sql(
+        f"SELECT id, key_id, {cols} FROM {kind.table} WHERE {where} ORDER BY id "
+        f"LIMIT {int(max_rows)}",
+        tuple(params),
+    ).fetchall()
+    out, total = [], 0
+    for row in rows:
+        size = sum(len(v) for v in row[2:])
+        if out and total + size > max_bytes:
+            break
+        out.append(row)
+        total += size
+    return out
+
+
+def reencrypt(
+    rows: list[tuple], kind: Kind, company_id: uuid.UUID, ring: crypto.Keyring, d: Dialect
+) -> tuple[list[tuple], list[tuple[uuid.UUID, str]], int]:
+    """Decrypt each row with its key and encrypt it under the new key with the same AD."""
+    cid = str(company_id)
+    updates, failed, nbytes = [], [], 0
+    for row in rows:
+        row_id = d.read_uid(row[0])
+        rid = str(row_id)
+        try:
+            new_values = []
+            for column, blob in zip(kind.columns, row[2:], strict=True):
+                aad = crypto.associated_data(cid, kind.table, column, rid)
+                new_values.append(bytes(ring.encrypt(ring.decrypt(blob, aad), aad)))
+        except crypto.DecryptionError as exc:
+            failed.append((row_id, exc.reason))
+            continue
+        digests = [hashlib.sha256(blob).digest() for blob in row[2:]]
+        nbytes += sum(len(v) for v in row[2:])
+        updates.append((row[0], row[1], *digests, *new_values))
+    return updates, failed, nbytes
+
+
+def write_batch(conn: Connection, kind: Kind, new_key: str, updates: list[tuple]) -> int:
+    """Rewrite the rows in one statement, only where key id and ciphertext are unchanged."""
+    if not updates:
+        return 0
+    d = Dialect(conn)
+    n = len(kind.ct_columns)
+    hashes = [f"h{i}" for i in range(n)]
+    news = [f"c{i}" for i in range(n)]
+    if d.pg:
+        row_sql = "(" + ", ".join(["%s::uuid", "%s"] + ["%s::bytea"] * (2 * n)) + ")"
+    else:
+        row_sql = "(" + d.marks(2 + 2 * n) + ")"
+    values = ", ".join([row_sql] * len(updates))
+    names = ["id", "k", *hashes, *news]
+    if not d.pg:
+        # SQLite names a VALUES subquery's columns column1..N (and a CTE would hide rowcount).
+        names = [f"column{i + 1}" for i in range(len(names))]
+    col = dict(zip(["id", "k", *hashes, *news], names, strict=True))
+    sets = ", ".join(f"{ct} = v.{col[new]}" for ct, new in zip(kind.ct_columns, news, strict=True))
+    checks = " AND ".join(
+        f"sha256(t.{ct}) = v.{col[h]}" for ct, h in zip(kind.ct_columns, hashes, strict=True)
+    )
+    alias = f"AS v({', '.join(names)})" if d.pg else "AS v"
+    sql = (
+        f"UPDATE {kind.table} AS t SET {sets}, key_id = {d.mark} "
+        f"FROM (VALUES {values}) {alias} "
+        f"WHERE t.id = v.{col['id']} AND t.key_id = v.{col['k']} AND {checks}"
+    )
+    params = [new_key, *(value for row in updates for value in row)]
+    return conn.exec_driver_sql(sql, tuple(params)).rowcount
+
+
+def record_failures(
+    conn: Connection, run_id: uuid.UUID, kind: Kind, failed: list[tuple[uuid.UUID, str]]
+) -> None:
+    """List items that could not be re-encrypted (once each, however often retried)."""
+    if not failed:
+        return
+    from portal.db import utcnow
+    from portal.rotation.models import RotationFailure
+
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    rows = [
+        {
+            "run_id": run_id,
+            "kind": kind.name,
+            "item_id": item,
+            "reason": reason,
+            "created_at": utcnow(),
+        }
+        for item, reason in failed
+    ]
+    conn.execute(insert(RotationFailure).values(rows).on_conflict_do_nothing())
+
+
+def run_batch(
+    conn: Connection,
+    run_id: uuid.UUID,
+    kind: Kind,
+    company_id: uuid.UUID,
+    old_keys: Sequence[str],
+    new_key: str,
+    ring: crypto.Keyring,
+    cursor,
+    lo,
+    hi,
+    max_rows: int,
+    max_bytes: int,
+) -> BatchResult:
+    """Process one batch inside the caller's transaction (the caller commits the checkpoint)."""
+    rows = select_batch(conn, kind, company_id, old_keys, cursor, lo, hi, max_rows, max_bytes)
+    if not rows:
+        return BatchResult(None, 0, 0, [], 0)
+    d = Dialect(conn)
+    updates, failed, nbytes = reencrypt(rows, kind, company_id, ring, d)
+    written = write_batch(conn, kind, new_key, updates)
+    record_failures(conn, run_id, kind, failed)
+    return BatchResult(d.read_uid(rows[-1][0]), written, len(updates) - written, failed, nbytes)
