@@ -53,11 +53,19 @@ TEXT_OR_UNREADABLE = {"oneOf": [{"type": "string"}, {"$ref": "#/components/schem
 
 def openapi_document() -> dict[str, Any]:
     """Return the OpenAPI document of ``/api/v1``."""
+    writes = {
+        "409": _error("BYOK is required here and the organisation has not enabled its key"),
+        "503": _error("the organisation's key is unavailable"),
+    }
     json_body = {
         "400": _error("bad JSON or a missing field"),
         "415": _error("not application/json"),
-        "409": _error("this deployment requires BYOK and no key is enabled"),
-        "503": _error("the organisation's key is unavailable"),
+        **writes,
+    }
+    multipart_body = {
+        "400": _error("no 'file' field, or a content type longer than 200 characters"),
+        "415": _error("not multipart/form-data"),
+        **writes,
     }
     return {
         "openapi": "3.1.0",
@@ -153,7 +161,7 @@ def openapi_document() -> dict[str, Any]:
                         "201": _created("stored", {"size": {"type": "integer"}}),
                         "413": _error("larger than MAX_ATTACHMENT_BYTES"),
                         **COMMON,
-                        **json_body,
+                        **multipart_body,
                     },
                 }
             },
@@ -174,6 +182,19 @@ def openapi_document() -> dict[str, Any]:
                             "content": {"application/json": {"schema": UNREADABLE}},
                         },
                         **COMMON,
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "getOpenApiDocument",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "the OpenAPI document of the data API",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
                     },
                 }
             },

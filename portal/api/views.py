@@ -16,9 +16,12 @@ from portal.api.openapi import openapi_document
 from portal.chat import service
 from portal.chat.models import Attachment, Conversation, Message
 from portal.db import get_session
+from portal.keys.policy import ByokRequired
 from portal.keys.service import KeyUnavailable
 
 MAX_PAGE = 500
+# The content type is stored in the clear in a String(200) column; PostgreSQL would refuse more.
+MAX_CONTENT_TYPE = 200
 
 
 class ApiError(Exception):
@@ -41,6 +44,12 @@ def _key_unavailable(exc: KeyUnavailable):
     return jsonify(error="key_unavailable", message=str(exc)), 503
 
 
+@bp.errorhandler(ByokRequired)
+def _byok_required(exc: ByokRequired):
+    """BYOK is mandatory here and not enabled yet: nothing is stored, reads still work."""
+    return jsonify(error="byok_required", message=str(exc)), 409
+
+
 @bp.before_request
 def _authenticate() -> None:
     """Resolve the bearer token to its organisation (the OpenAPI document is public)."""
@@ -60,21 +69,33 @@ def _json_body(*required: str) -> dict[str, Any]:
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "send application/json")
     try:
-        body = json.loads(request.get_data(cache=False) or b"null")
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(request.get_data(cache=False) or b"null", parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise ApiError(400, "bad_json", "the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_json", "the body must be a JSON object")
+    try:
+        # JSON may escape lone surrogates ("\ud800"), which no UTF-8 text can hold: refuse
+        # them here instead of failing with a 500 when the value is encoded for encryption.
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ApiError(400, "bad_json", "strings must be valid Unicode") from None
     for name in required:
         if not isinstance(body.get(name), str) or not body[name].strip():
             raise ApiError(400, "missing_field", f"'{name}' is required and must be a string")
     return body
 
 
+def _no_constant(name: str) -> None:
+    """Refuse NaN and Infinity, which Python's json accepts but JSON does not."""
+    raise ValueError(f"{name} is not JSON")
+
+
 def _limit(default: int = 100) -> int:
     """Read ``limit`` from the query string (1..500)."""
     raw = request.args.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    # ASCII digits only and short: str.isdigit() also accepts "²", which int() refuses.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not 1 <= int(raw) <= MAX_PAGE:
         raise ApiError(400, "bad_limit", f"limit must be a whole number from 1 to {MAX_PAGE}")
     return int(raw)
 
@@ -161,6 +182,9 @@ def add_message(conv_id: uuid.UUID):
     body = _json_body("body", "author")
     if len(body["author"]) > 200:
         raise ApiError(400, "bad_author", "'author' may be at most 200 characters")
+    if "\x00" in body["author"]:
+        # The author is stored in the clear, and PostgreSQL text cannot hold NUL characters.
+        raise ApiError(400, "bad_author", "'author' may not contain NUL characters")
     db = get_session()
     msg = service.add_message(db, _conversation(conv_id), body["author"], body["body"])
     db.commit()
@@ -175,6 +199,9 @@ def add_attachment(conv_id: uuid.UUID):
     upload = request.files.get("file")
     if upload is None:
         raise ApiError(400, "missing_field", "the multipart field 'file' is required")
+    content_type = upload.mimetype or "application/octet-stream"
+    if len(content_type) > MAX_CONTENT_TYPE or "\x00" in content_type:
+        raise ApiError(400, "bad_content_type", "the file's content type is too long or invalid")
     conv = _conversation(conv_id)
     limit = current_app.config["MAX_ATTACHMENT_BYTES"]
     content = upload.stream.read(limit + 1)
@@ -185,7 +212,7 @@ def add_attachment(conv_id: uuid.UUID):
         db,
         conv,
         upload.filename or "attachment",
-        upload.mimetype or "application/octet-stream",
+        content_type,
         content,
     )
     db.commit()

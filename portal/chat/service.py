@@ -16,7 +16,9 @@ from sqlalchemy.orm import Session
 from portal import crypto
 from portal.chat.models import ApiToken, Attachment, Conversation, Message
 from portal.events import emit
+from portal.keys.policy import check_can_store
 from portal.keys.service import encrypting_keyring, load_keys
+from portal.models import Organization
 
 TOKEN_PREFIX = "byok_"  # noqa: S105 - a public prefix, not a secret
 
@@ -31,11 +33,25 @@ def _seal_value(ring: crypto.Keyring, company_id, table, column, row_id, data: b
     return bytes(ring.encrypt(data, ad(company_id, table, column, row_id)))
 
 
+def _writable_keyring(session: Session, company_id: uuid.UUID) -> crypto.Keyring:
+    """Return the keyring new data is encrypted with, after checking the data may be stored.
+
+    Raises ByokRequired where the deployment or tier requires the organisation's own key and
+    none is enabled yet, and KeyUnavailable when the encrypting key cannot be unsealed.
+    """
+    org = session.get(Organization, company_id)
+    if org is None:
+        raise LookupError(f"no organisation with id {company_id}")
+    # Checked here rather than in the API so that every writer (API, demo, imports) obeys it.
+    check_can_store(session, org)
+    return encrypting_keyring(session, company_id)
+
+
 def create_conversation(
     session: Session, company_id: uuid.UUID, title: str, metadata: dict[str, Any]
 ) -> Conversation:
     """Store a new conversation with its title and metadata encrypted."""
-    ring = encrypting_keyring(session, company_id)
+    ring = _writable_keyring(session, company_id)
     row_id = uuid.uuid4()
     meta = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode()
     conv = Conversation(
@@ -52,7 +68,7 @@ def create_conversation(
 
 def add_message(session: Session, conv: Conversation, author: str, body: str) -> Message:
     """Store a message of a conversation with its body encrypted."""
-    ring = encrypting_keyring(session, conv.company_id)
+    ring = _writable_keyring(session, conv.company_id)
     row_id = uuid.uuid4()
     msg = Message(
         id=row_id,
@@ -71,7 +87,7 @@ def add_attachment(
     session: Session, conv: Conversation, filename: str, content_type: str, content: bytes
 ) -> Attachment:
     """Store a file of a conversation with its name and content encrypted."""
-    ring = encrypting_keyring(session, conv.company_id)
+    ring = _writable_keyring(session, conv.company_id)
     row_id = uuid.uuid4()
     cid = conv.company_id
     att = Attachment(
