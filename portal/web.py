@@ -11,6 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from portal.auth.gates import can_open, unauthorized_response
 from portal.auth.services import load_user
+from portal.crypto import fingerprint
 from portal.db import get_session
 from portal.extensions import csrf, login_manager
 from portal.htmx import add_vary, is_htmx
@@ -42,6 +43,7 @@ def init_app(app: Flask) -> None:
     login_manager.unauthorized_handler(unauthorized_response)
     app.extensions["on_access_denied"] = _audit_denial
     app.jinja_env.globals["can_open"] = can_open
+    app.jinja_env.filters["fingerprint"] = lambda key_id_hex: fingerprint(bytes.fromhex(key_id_hex))
     app.jinja_env.globals["current_user"] = current_user
 
     @app.after_request
@@ -101,7 +103,7 @@ def register_areas(app: Flask) -> None:
     from portal.compliance import bp as compliance_bp
     from portal.health import bp as health_bp
     from portal.home import bp as home_bp
-    from portal.rotation import bp as rotation_bp
+    from portal.rotation.views import bp as rotation_bp
 
     csrf.exempt(api_bp)  # bearer tokens, not cookies: no cross-site request can forge one
     for blueprint in (auth_bp, home_bp, compliance_bp, audit_bp, rotation_bp, health_bp, api_bp):

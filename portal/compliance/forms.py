@@ -43,3 +43,12 @@ class ConfirmForm(FlaskForm):
 
 class GenerateForm(FlaskForm):
     """Ask for a freshly generated key (carries only the CSRF token)."""
+
+
+class RotateForm(FlaskForm):
+    """Rotate Key: prove the current key, give the new one, confirm with the password."""
+
+    current_key = TextAreaField("Current key (base64)", validators=[Length(max=4096)])
+    new_key = TextAreaField("New key (base64)", validators=[Length(max=4096)])
+    tested_fingerprint = HiddenField()
+    password = PasswordField("Your password", validators=[Optional(), Length(max=1024)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from flask import (
@@ -20,12 +21,20 @@ from portal import crypto
 from portal.auth import reauth
 from portal.auth.gates import require_role
 from portal.compliance import bp
-from portal.compliance.forms import ConfirmForm, DisableForm, GenerateForm, KeyForm, RestoreForm
+from portal.compliance.forms import (
+    ConfirmForm,
+    DisableForm,
+    GenerateForm,
+    KeyForm,
+    RestoreForm,
+    RotateForm,
+)
 from portal.db import get_session
 from portal.htmx import is_htmx
 from portal.keyformat import format_key
 from portal.keys import operations as ops
 from portal.keys import policy
+from portal.keys.runs import run_in_progress
 from portal.models import Organization
 
 FORMS = {
@@ -35,6 +44,7 @@ FORMS = {
     "lost": ConfirmForm,
     "revoke": ConfirmForm,
     "generate": GenerateForm,
+    "rotate": RotateForm,
 }
 
 
@@ -68,6 +78,7 @@ def _context(org: Organization, **extra: Any) -> dict[str, Any]:
         "read_only": current_user.role != "admin",
         "sales_url": current_app.config["SALES_URL"],
         "reauth_fresh": reauth.is_fresh(),
+        "active_run": run_in_progress(get_session(), org.id) if eligible else None,
         "forms": extra.pop("forms", None) or _forms(),
         **extra,
     }
@@ -299,3 +310,109 @@ def revoke():
         "until you restore it.",
         org,
     )
+
+
+@bp.post("/rotate/generate")
+@require_role("admin")
+def rotate_generate():
+    """Generate the new key for a rotation, shown once like the wizard's."""
+    return generate()
+
+
+@bp.post("/rotate/test")
+@require_role("admin")
+def rotate_test():
+    """Test Keys: the current key must match the active key and decrypt a stored item."""
+    from portal.rotation import service as rotation
+
+    org = _org()
+    form = _submitted("rotate")
+    form.tested_fingerprint.data = ""
+    pair = _attempt(
+        "rotate",
+        form,
+        org,
+        lambda: rotation.check_keys(
+            get_session(), org, form.current_key.data or "", form.new_key.data or ""
+        ),
+        needs_reauth=False,
+    )
+    get_session().commit()
+    if pair is None:
+        return _refused("rotate", form, org)
+    tested = crypto.fingerprint(crypto.key_id(pair[1]))
+    if is_htmx():
+        return render_template(
+            "compliance/_feedback.html",
+            form=form,
+            form_name="rotate",
+            tested=tested,
+            tested_field="new_key",
+        )
+    return render_template(
+        "compliance/index.html", **_context(org, forms=_forms(rotate=form), rotate_tested=tested)
+    )
+
+
+@bp.post("/rotate/start")
+@require_role("admin")
+def rotate_start():
+    """Perform Rotation: the new key encrypts from now on; workers re-encrypt the rest."""
+    from jobs.rotation import enqueue_ranges
+    from portal.htmx import hx_redirect
+    from portal.rotation import service as rotation
+
+    org = _org()
+    form = _submitted("rotate")
+    new_fp = ""
+    with contextlib.suppress(ops.KeyOperationError):
+        new_fp = crypto.fingerprint(crypto.key_id(ops.read_key(form.new_key.data or "")))
+    if form.tested_fingerprint.data != new_fp or not new_fp:
+        form.new_key.errors = ["Press Test Keys first, then Perform Rotation."]
+        return _refused("rotate", form, org)
+    run = _attempt(
+        "rotate",
+        form,
+        org,
+        lambda: rotation.start_rotation(
+            get_session(),
+            org,
+            current_user,
+            form.current_key.data or "",
+            form.new_key.data or "",
+            session.get("generated_fingerprint"),
+        ),
+        needs_reauth=True,
+    )
+    if run is None:
+        return _refused("rotate", form, org)
+    get_session().commit()
+    session.pop("generated_fingerprint", None)
+    enqueue_ranges(current_app._get_current_object(), run.id)
+    target = url_for("rotation.show", run_id=run.id)
+    return hx_redirect(target) if is_htmx() else redirect(target, code=303)
+
+
+@bp.post("/byok/encrypt-existing")
+@require_role("admin")
+def encrypt_existing():
+    """Move items still under platform keys to the organisation's BYOK key."""
+    from jobs.rotation import enqueue_ranges
+    from portal.htmx import hx_redirect
+    from portal.rotation import service as rotation
+
+    org = _org()
+    form = _submitted("generate")
+    run = _attempt(
+        "generate",
+        form,
+        org,
+        lambda: rotation.start_encrypt_existing(get_session(), org, current_user),
+        needs_reauth=False,
+    )
+    if run is None:
+        return _refused("generate", form, org)
+    get_session().commit()
+    enqueue_ranges(current_app._get_current_object(), run.id)
+    target = url_for("rotation.show", run_id=run.id)
+    return hx_redirect(target) if is_htmx() else redirect(target, code=303)

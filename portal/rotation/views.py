@@ -1,0 +1,231 @@
+"""Rotation pages: the runs list, a run's live progress, its controls and failures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_login import current_user
+from sqlalchemy import select
+
+from portal.auth.gates import require_role
+from portal.db import get_session
+from portal.htmx import HTTP_STOP_POLLING, is_htmx
+from portal.models import Organization
+from portal.rotation import service
+from portal.rotation.models import RotationEvent, RotationFailure, RotationRun
+
+bp = Blueprint("rotation", __name__, url_prefix="/rotations")
+CONTROLS = ("pause", "resume", "cancel")
+
+
+@bp.after_request
+def _no_store(response):
+    """Run pages show key state and live progress: never cached."""
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _run_or_404(run_id: uuid.UUID) -> RotationRun:
+    """Load a run: support staff see every organisation's, admins only their own."""
+    run = get_session().get(RotationRun, run_id)
+    if run is None:
+        abort(404)
+    if current_user.role != "support" and run.company_id != current_user.company_id:
+        abort(404)
+    return run
+
+
+def _runs_query():
+    """Runs the current user may see, newest first."""
+    query = select(RotationRun, Organization.name).join(
+        Organization, Organization.id == RotationRun.company_id
+    )
+    if current_user.role != "support":
+        query = query.where(RotationRun.company_id == current_user.company_id)
+    return query.order_by(RotationRun.created_at.desc()).limit(200)
+
+
+@bp.get("")
+@require_role("support", "admin")
+def index():
+    """List rotation runs (all organisations for support staff, one's own for admins)."""
+    db = get_session()
+    rows = [
+        (run, org_name, service.progress(db, run)) for run, org_name in db.execute(_runs_query())
+    ]
+    return render_template("rotation/index.html", rows=rows)
+
+
+def _page_context(run: RotationRun) -> dict:
+    """What the run page and its fragments render from."""
+    db = get_session()
+    events = list(
+        db.scalars(
+            select(RotationEvent)
+            .where(RotationEvent.run_id == run.id)
+            .order_by(RotationEvent.id.desc())
+            .limit(50)
+        )
+    )
+    failures = list(
+        db.scalars(
+            select(RotationFailure)
+            .where(RotationFailure.run_id == run.id)
+            .order_by(RotationFailure.id)
+            .limit(100)
+        )
+    )
+    org = db.get(Organization, run.company_id)
+    return {
+        "run": run,
+        "org": org,
+        "p": service.progress(db, run),
+        "events": events,
+        "failures": failures,
+        "failure_total": service.failure_count(db, run),
+        "can_control": current_user.role == "admin",
+        "show_keys": current_user.role != "support",
+    }
+
+
+@bp.get("/<uuid:run_id>")
+@require_role("support", "admin")
+def show(run_id: uuid.UUID):
+    """A run's live progress page."""
+    return render_template("rotation/show.html", **_page_context(_run_or_404(run_id)))
+
+
+@bp.get("/<uuid:run_id>/progress")
+@require_role("support", "admin")
+def progress(run_id: uuid.UUID):
+    """The polled progress fragment; 286 once the run has ended, so polling stops."""
+    context = _page_context(_run_or_404(run_id))
+    html = render_template("rotation/_progress.html", **context)
+    return html, HTTP_STOP_POLLING if context["p"].finished else 200
+
+
+@bp.get("/<uuid:run_id>/status.json")
+@require_role("support", "admin")
+def status_json(run_id: uuid.UUID):
+    """The run's progress as JSON (for scripts and monitoring)."""
+    db = get_session()
+    return service.progress(db, _run_or_404(run_id)).as_json()
+
+
+@bp.get("/<uuid:run_id>/failures.csv")
+@require_role("support", "admin")
+def failures_csv(run_id: uuid.UUID):
+    """Every failed item of the run as CSV (kind, id, reason): no content, no keys."""
+    run = _run_or_404(run_id)
+
+    def rows():
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["kind", "item_id", "reason", "at"])
+        yield buffer.getvalue()
+        query = (
+            select(RotationFailure)
+            .where(RotationFailure.run_id == run.id)
+            .order_by(RotationFailure.id)
+        )
+        for failure in get_session().scalars(query.execution_options(yield_per=1000)):
+            buffer.seek(0)
+            buffer.truncate()
+            writer.writerow(
+                [failure.kind, failure.item_id, failure.reason, failure.created_at.isoformat()]
+            )
+            yield buffer.getvalue()
+
+    response = Response(rows(), mimetype="text/csv")
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="rotation-{run.id}-failures.csv"'
+    )
+    return response
+
+
+def _after_change(run: RotationRun, message: str):
+    """Answer a control: the refreshed progress fragment (htmx) or the page."""
+    db = get_session()
+    db.commit()
+    if run.state == "running":
+        from jobs.rotation import enqueue_ranges
+
+        enqueue_ranges(current_app._get_current_object(), run.id)
+    context = _page_context(run)
+    if is_htmx():
+        response = make_response(
+            render_template("rotation/_progress.html", notice=message, **context)
+        )
+        response.headers["HX-Retarget"] = "#run-progress"
+        response.headers["HX-Reswap"] = "innerHTML"
+        return response
+    flash(message)
+    return redirect(url_for("rotation.show", run_id=run.id), code=303)
+
+
+def _refused(run: RotationRun, message: str):
+    """Answer a refused control with the message, changing nothing."""
+    get_session().rollback()
+    if is_htmx():
+        return render_template("rotation/_notice.html", message=message, error=True), 409
+    return render_template("rotation/show.html", notice_error=message, **_page_context(run)), 409
+
+
+@bp.post("/<uuid:run_id>/<any(pause, resume, cancel):action>")
+@require_role("admin")
+def control(run_id: uuid.UUID, action: str):
+    """Pause, resume or cancel a run of the admin's organisation."""
+    run = _run_or_404(run_id)
+    try:
+        service.control(get_session(), run, action, current_user)
+    except service.RotationError as exc:
+        return _refused(run, exc.message)
+    messages = {
+        "pause": "Paused. Workers stop after their current batch.",
+        "resume": "Resumed.",
+        "cancel": "Cancelled. Every item stays readable: items keep whichever key they "
+        "have, and both keys stay available.",
+    }
+    return _after_change(run, messages[action])
+
+
+@bp.post("/<uuid:run_id>/throttle")
+@require_role("admin")
+def throttle(run_id: uuid.UUID):
+    """Change the run's batches-per-second limit while it runs."""
+    run = _run_or_404(run_id)
+    raw = (request.form.get("max_batches_per_second") or "").strip()
+    try:
+        value = float(raw) if raw else None
+        service.set_throttle(get_session(), run, value, current_user)
+    except ValueError:
+        return _refused(run, "The throttle must be a number of batches per second.")
+    except service.RotationError as exc:
+        return _refused(run, exc.message)
+    return _after_change(run, f"Throttle: {value or 'unlimited'} batches per second.")
+
+
+@bp.post("/<uuid:run_id>/retry")
+@require_role("admin")
+def retry(run_id: uuid.UUID):
+    """Send the run round again for the items it could not move."""
+    run = _run_or_404(run_id)
+    try:
+        service.retry_failed(get_session(), run, current_user)
+    except service.RotationError as exc:
+        return _refused(run, exc.message)
+    return _after_change(run, "Retrying the failed items.")
