@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -280,6 +281,140 @@ def key_lost(org_slug: str, understood: bool) -> None:
             "declared lost: key " + ops.declare_lost(db, org, "cli", org.slug).fingerprint
         ),
     )
+
+
+@key.command("rotate")
+@click.option("--org", "org_slug", required=True)
+def key_rotate(org_slug: str) -> None:
+    """Rotate: current key, then new key, one per line on standard input; prints the run id."""
+    from jobs.rotation import enqueue_ranges
+    from portal.rotation import service as rotation
+
+    lines = sys.stdin.read().splitlines()
+    if len(lines) < 2:
+        fail("give the current key and the new key, one per line, on standard input")
+    run_ids: list[str] = []
+
+    def run(db, org) -> str:
+        started = rotation.start_rotation(db, org, "cli", lines[0], lines[1])
+        run_ids.append(str(started.id))
+        return str(started.id)
+
+    _key_op(org_slug, run)
+    from portal import create_app
+
+    app = create_app()
+    enqueue_ranges(app, uuid.UUID(run_ids[0]))
+
+
+@main.group()
+def rotation() -> None:
+    """Watch and steer rotation runs."""
+
+
+def _run_op(run_id: str, operation) -> None:
+    """Load a run and apply an operation; refusals exit 1 with the message on stderr."""
+    from portal.rotation.models import RotationRun
+    from portal.rotation.service import RotationError
+
+    try:
+        key = uuid.UUID(run_id)
+    except ValueError:
+        fail(f"not a run id: {run_id}")
+    with app_session() as (app, db):
+        run = db.get(RotationRun, key)
+        if run is None:
+            fail(f"no rotation run {run_id}")
+        try:
+            message = operation(app, db, run)
+        except RotationError as exc:
+            fail(str(exc))
+        db.commit()
+        click.echo(message)
+
+
+@rotation.command("status")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+def rotation_status(run_id: str, as_json: bool) -> None:
+    """Show a run's state and progress per kind."""
+    import json
+
+    from portal.rotation.service import progress
+
+    def show(_app, db, run) -> str:
+        info = progress(db, run).as_json()
+        if as_json:
+            return json.dumps(info, indent=2)
+        lines = [f"run {info['id']} ({info['kind']}): {info['state']}, {info['percent']}%"]
+        for kind in ("messages", "attachments", "metadata"):
+            k = info[kind]
+            lines.append(f"  {kind:<12} {k['done']}/{k['total']} done, {k['failed']} failed")
+        return "\n".join(lines)
+
+    _run_op(run_id, show)
+
+
+@rotation.command("resume")
+@click.argument("run_id")
+def rotation_resume(run_id: str) -> None:
+    """Resume a paused run, or re-queue a running one from the database (after Redis lost it)."""
+    from jobs.rotation import enqueue_ranges
+    from portal.rotation.service import control
+
+    def resume(app, db, run) -> str:
+        if run.state in ("paused", "failed"):
+            control(db, run, "resume", "cli")
+            db.commit()
+        elif run.state not in ("running", "verifying"):
+            fail(f"run {run.id} is {run.state}; nothing to resume")
+        queued = enqueue_ranges(app, run.id, everything=True)
+        return f"run {run.id} is {run.state}; {queued} ranges queued"
+
+    _run_op(run_id, resume)
+
+
+@rotation.command("pause")
+@click.argument("run_id")
+def rotation_pause(run_id: str) -> None:
+    """Pause a run; workers stop after their current batch."""
+    from portal.rotation.service import control
+
+    _run_op(run_id, lambda _app, db, run: f"run {control(db, run, 'pause', 'cli').id} paused")
+
+
+@rotation.command("cancel")
+@click.argument("run_id")
+def rotation_cancel(run_id: str) -> None:
+    """Cancel a run; every item stays readable under whichever key it has."""
+    from portal.rotation.service import control
+
+    _run_op(run_id, lambda _app, db, run: f"run {control(db, run, 'cancel', 'cli').id} cancelled")
+
+
+@rotation.command("list")
+@click.option("--org", "org_slug", default=None)
+def rotation_list(org_slug: str | None) -> None:
+    """List rotation runs, newest first."""
+    from sqlalchemy import select
+
+    from portal.orgs import OrgError, get_org
+    from portal.rotation.models import RotationRun
+    from portal.rotation.service import progress
+
+    with app_session() as (_app, db):
+        query = select(RotationRun).order_by(RotationRun.created_at.desc())
+        if org_slug:
+            try:
+                query = query.where(RotationRun.company_id == get_org(db, org_slug).id)
+            except OrgError as exc:
+                fail(str(exc))
+        for run in db.scalars(query):
+            p = progress(db, run)
+            click.echo(
+                f"{run.id}  {run.kind:<16} {run.state:<10} {p.percent():>3}%  "
+                f"{p.done}/{p.total}  {run.created_at:%Y-%m-%d %H:%M}"
+            )
 
 
 if __name__ == "__main__":

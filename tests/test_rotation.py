@@ -212,3 +212,40 @@ def test_compare_and_swap_keeps_a_concurrent_edit(app, orgs):
             ring.decrypt(bytes(body), ad(org_a, "messages", "body", edited_id))
             == b"edited during the run"
         )
+
+
+def test_cli_rotates_reports_and_steers_a_run(app, app_config, orgs):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **{k: app_config[k] for k in
+                            ("BYOK_HOME", "DATABASE_URL", "REDIS_URL", "BYOK_MASTER_KEY")}}
+
+    def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "portal.cli", *args], env=env,
+                              input=stdin, capture_output=True, text=True, timeout=120)
+
+    org_a = orgs["a"]["id"]
+    old = enable_byok(app, org_a)
+    seed(app, org_a, conversations=2, messages=4)
+    wrong = cli("key", "rotate", "--org", "org-a",
+                stdin=f"{b64(crypto.generate_key())}\n{b64(crypto.generate_key())}\n")
+    assert wrong.returncode == 1 and "not the active key" in wrong.stderr
+    new = crypto.generate_key()
+    started = cli("key", "rotate", "--org", "org-a", stdin=f"{b64(old)}\n{b64(new)}\n")
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.strip().splitlines()[-1]
+    assert cli("rotation", "pause", run_id).returncode == 0
+    assert "paused" in cli("rotation", "list", "--org", "org-a").stdout
+    resumed = cli("rotation", "resume", run_id)
+    assert resumed.returncode == 0 and "running" in resumed.stdout
+    run_worker(app)
+    status = json.loads(cli("rotation", "status", run_id, "--json").stdout)
+    assert status["state"] == "completed"
+    assert status["messages"] == {"total": 8, "done": 8, "failed": 0}
+    assert status["metadata"]["done"] == 2 and status["attachments"]["done"] == 2
+    refused = cli("rotation", "cancel", run_id)
+    assert refused.returncode == 1 and "cannot be cancelled" in refused.stderr
+    assert key_ids(app, org_a) == {crypto.key_id(new).hex()}

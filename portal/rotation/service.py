@@ -237,7 +237,8 @@ def control(session: Session, run: RotationRun, action: str, actor: Any) -> Rota
     """Pause, resume or cancel a run (workers notice at their next batch)."""
     allowed, target = CONTROL_STATES[action]
     if run.state not in allowed:
-        raise RotationError(f"A {run.state} run cannot be {action}d.")
+        done = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[action]
+        raise RotationError(f"A {run.state} run cannot be {done}.")
     run.state = target
     if action == "cancel":
         run.finished_at = utcnow()
@@ -245,7 +246,8 @@ def control(session: Session, run: RotationRun, action: str, actor: Any) -> Rota
             session, run, "Cancelled: items keep whichever key they have; both keys stay available"
         )
     else:
-        log_event(session, run, f"{action.capitalize()}d by {ops.actor_label(actor)}")
+        verb = "Paused" if action == "pause" else "Resumed"
+        log_event(session, run, f"{verb} by {ops.actor_label(actor)}")
     if action == "resume":
         session.execute(
             update(RotationRange)
