@@ -267,8 +267,11 @@ def _attachment_summary(reader: service.Reader, att: Attachment) -> dict[str, An
 def get_attachment(att_id: uuid.UUID):
     """Return an attachment's bytes with its content type."""
     db = get_session()
-    att = db.get(Attachment, att_id)
-    if att is None or att.company_id != g.company_id:
+    # Filtered by organisation in SQL: another organisation's blob is never even loaded.
+    att = db.scalar(
+        select(Attachment).where(Attachment.id == att_id, Attachment.company_id == g.company_id)
+    )
+    if att is None:
         raise ApiError(404, "not_found", "no such attachment")
     reader = service.Reader(db, g.company_id)
     try:
