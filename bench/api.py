@@ -118,17 +118,35 @@ def start_server(inst: Installation, workers: int) -> None:
     raise RuntimeError("the server did not answer within 60 s")
 
 
-def stop_server(inst: Installation) -> None:
-    """Stop the gunicorn master (it stops its workers), killing the group if it hangs."""
-    proc = inst.server
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
+def _group_alive(pgid: int) -> bool:
+    """Tell whether any process of the group still exists."""
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the group this bench created, nothing else
-        proc.wait(timeout=10)
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_server(inst: Installation) -> None:
+    """Stop the gunicorn master and every process of its group (the group this bench made)."""
+    proc = inst.server
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.terminate()  # gunicorn stops its workers gracefully on SIGTERM
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    # A worker that was still booting when the master left may outlive it: end it too, or it
+    # would recreate files in the installation folder after that folder is removed.
+    deadline = time.monotonic() + 10
+    while _group_alive(proc.pid):
+        sig = signal.SIGTERM if time.monotonic() < deadline else signal.SIGKILL
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        time.sleep(0.1)
 
 
 @contextmanager
@@ -140,6 +158,7 @@ def installation(database_url: str | None, workers: int) -> Iterator[Installatio
     env.update(
         BYOK_HOME=str(home),
         BYOK_MASTER_KEY=base64.b64encode(secrets.token_bytes(32)).decode(),
+        SECRET_KEY=secrets.token_urlsafe(32),  # one for all processes; no file to leave behind
         PYTHONUNBUFFERED="1",
     )
     if database_url:
