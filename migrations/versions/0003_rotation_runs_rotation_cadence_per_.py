@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-28 17:44:11.847181
+Create Date: 2026-11-28 17:57:00.745526
 """
 
 import sqlalchemy as sa
@@ -118,16 +118,21 @@ def upgrade() -> None:
         batch_op.create_index("ix_rotation_ranges_run", ["run_id", "kind", "seq"], unique=False)
 
     with op.batch_alter_table("attachments", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_attachments_company_id"))
+        batch_op.drop_index(batch_op.f("ix_attachments_key_id"))
         batch_op.create_index(
             "ix_attachments_company_key", ["company_id", "key_id", "id"], unique=False
         )
 
     with op.batch_alter_table("conversations", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_conversations_key_id"))
         batch_op.create_index(
             "ix_conversations_company_key", ["company_id", "key_id", "id"], unique=False
         )
 
     with op.batch_alter_table("messages", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_messages_company_id"))
+        batch_op.drop_index(batch_op.f("ix_messages_key_id"))
         batch_op.create_index(
             "ix_messages_company_key", ["company_id", "key_id", "id"], unique=False
         )
@@ -148,12 +153,17 @@ def downgrade() -> None:
 
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.drop_index("ix_messages_company_key")
+        batch_op.create_index(batch_op.f("ix_messages_key_id"), ["key_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_messages_company_id"), ["company_id"], unique=False)
 
     with op.batch_alter_table("conversations", schema=None) as batch_op:
         batch_op.drop_index("ix_conversations_company_key")
+        batch_op.create_index(batch_op.f("ix_conversations_key_id"), ["key_id"], unique=False)
 
     with op.batch_alter_table("attachments", schema=None) as batch_op:
         batch_op.drop_index("ix_attachments_company_key")
+        batch_op.create_index(batch_op.f("ix_attachments_key_id"), ["key_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_attachments_company_id"), ["company_id"], unique=False)
 
     with op.batch_alter_table("rotation_ranges", schema=None) as batch_op:
         batch_op.drop_index("ix_rotation_ranges_run")

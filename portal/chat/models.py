@@ -12,7 +12,11 @@ from portal.db import Base, UTCDateTime, new_id, utcnow
 
 
 class Conversation(Base):
-    """A conversation; its title and metadata document are encrypted."""
+    """A conversation; its title and metadata document are encrypted.
+
+    Each data table's key_id is indexed together with company_id and id: counts per key,
+    rotation batches and verification all ask "this organisation, this key, after this id".
+    """
 
     __tablename__ = "conversations"
     __table_args__ = (
@@ -24,7 +28,7 @@ class Conversation(Base):
     company_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("organizations.id", ondelete="CASCADE")
     )
-    key_id: Mapped[str] = mapped_column(String(16), index=True)
+    key_id: Mapped[str] = mapped_column(String(16))
     title_ct: Mapped[bytes] = mapped_column(LargeBinary)
     metadata_ct: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -41,12 +45,12 @@ class Message(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     company_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+        Uuid, ForeignKey("organizations.id", ondelete="CASCADE")
     )
     conversation_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("conversations.id", ondelete="CASCADE")
     )
-    key_id: Mapped[str] = mapped_column(String(16), index=True)
+    key_id: Mapped[str] = mapped_column(String(16))
     author: Mapped[str] = mapped_column(String(200))
     body_ct: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -60,12 +64,12 @@ class Attachment(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     company_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+        Uuid, ForeignKey("organizations.id", ondelete="CASCADE")
     )
     conversation_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("conversations.id", ondelete="CASCADE"), index=True
     )
-    key_id: Mapped[str] = mapped_column(String(16), index=True)
+    key_id: Mapped[str] = mapped_column(String(16))
     filename_ct: Mapped[bytes] = mapped_column(LargeBinary)
     content_ct: Mapped[bytes] = mapped_column(LargeBinary)
     content_type: Mapped[str] = mapped_column(String(200))
