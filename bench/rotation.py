@@ -11,7 +11,6 @@ redis://127.0.0.1:6379/10, flushed). The last line is a JSON object of the figur
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import secrets
@@ -42,8 +41,9 @@ ATTACHMENT_BYTES = 256 * 1024
 
 def _admin(url: str):
     """An autocommit engine on the server's maintenance database."""
-    return create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1),
-                         isolation_level="AUTOCOMMIT")
+    return create_engine(
+        url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
+    )
 
 
 def create_database(base: str) -> tuple[str, str]:
@@ -63,9 +63,7 @@ def drop_database(base: str, name: str) -> None:
 def _copy(conn, table: str, columns: list[str], rows) -> None:
     """Bulk-load rows with COPY (psycopg 3)."""
     raw = conn.connection.dbapi_connection
-    with raw.cursor() as cur, cur.copy(
-        f"COPY {table} ({', '.join(columns)}) FROM STDIN"
-    ) as copy:
+    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
 
@@ -79,39 +77,84 @@ def seed(app, org_id: uuid.UUID, key: bytes, messages: int, attachments: int) ->
     now = "2026-01-01 00:00:00+00"
     engine = app.extensions["db_engine"]
     with engine.begin() as conn:
-        _copy(conn, "conversations",
-              ["id", "company_id", "key_id", "title_ct", "metadata_ct", "created_at"],
-              ((c, org_id, kid,
-                bytes(ring.encrypt(f"conversation {i}".encode(),
-                                   ad(org_id, "conversations", "title", c))),
-                bytes(ring.encrypt(b'{"channel":"bench"}',
-                                   ad(org_id, "conversations", "metadata", c))), now)
-               for i, c in enumerate(conv_ids)))
+        _copy(
+            conn,
+            "conversations",
+            ["id", "company_id", "key_id", "title_ct", "metadata_ct", "created_at"],
+            (
+                (
+                    c,
+                    org_id,
+                    kid,
+                    bytes(
+                        ring.encrypt(
+                            f"conversation {i}".encode(), ad(org_id, "conversations", "title", c)
+                        )
+                    ),
+                    bytes(
+                        ring.encrypt(
+                            b'{"channel":"bench"}', ad(org_id, "conversations", "metadata", c)
+                        )
+                    ),
+                    now,
+                )
+                for i, c in enumerate(conv_ids)
+            ),
+        )
         body = b"x" * MESSAGE_BYTES
 
         def message_rows():
             for i in range(messages):
                 mid = uuid.uuid4()
-                yield (mid, org_id, conv_ids[i % conversations], kid, "bench",
-                       bytes(ring.encrypt(body, ad(org_id, "messages", "body", mid))), now)
+                yield (
+                    mid,
+                    org_id,
+                    conv_ids[i % conversations],
+                    kid,
+                    "bench",
+                    bytes(ring.encrypt(body, ad(org_id, "messages", "body", mid))),
+                    now,
+                )
 
-        _copy(conn, "messages",
-              ["id", "company_id", "conversation_id", "key_id", "author", "body_ct",
-               "created_at"], message_rows())
+        _copy(
+            conn,
+            "messages",
+            ["id", "company_id", "conversation_id", "key_id", "author", "body_ct", "created_at"],
+            message_rows(),
+        )
         content = os.urandom(ATTACHMENT_BYTES)
 
         def attachment_rows():
             for i in range(attachments):
                 aid = uuid.uuid4()
-                yield (aid, org_id, conv_ids[i % conversations], kid,
-                       bytes(ring.encrypt(b"file.bin", ad(org_id, "attachments", "filename",
-                                                          aid))),
-                       bytes(ring.encrypt(content, ad(org_id, "attachments", "content", aid))),
-                       "application/octet-stream", ATTACHMENT_BYTES, now)
+                yield (
+                    aid,
+                    org_id,
+                    conv_ids[i % conversations],
+                    kid,
+                    bytes(ring.encrypt(b"file.bin", ad(org_id, "attachments", "filename", aid))),
+                    bytes(ring.encrypt(content, ad(org_id, "attachments", "content", aid))),
+                    "application/octet-stream",
+                    ATTACHMENT_BYTES,
+                    now,
+                )
 
-        _copy(conn, "attachments",
-              ["id", "company_id", "conversation_id", "key_id", "filename_ct", "content_ct",
-               "content_type", "size", "created_at"], attachment_rows())
+        _copy(
+            conn,
+            "attachments",
+            [
+                "id",
+                "company_id",
+                "conversation_id",
+                "key_id",
+                "filename_ct",
+                "content_ct",
+                "content_type",
+                "size",
+                "created_at",
+            ],
+            attachment_rows(),
+        )
     with engine.begin() as conn:
         conn.exec_driver_sql("ANALYZE conversations; ANALYZE messages; ANALYZE attachments")
 
@@ -119,12 +162,15 @@ def seed(app, org_id: uuid.UUID, key: bytes, messages: int, attachments: int) ->
 def data_bytes(app) -> int:
     """Ciphertext bytes stored across the three tables."""
     with app.extensions["db_engine"].connect() as conn:
-        return int(conn.exec_driver_sql(
-            "SELECT (SELECT coalesce(sum(octet_length(body_ct)),0) FROM messages)"
-            " + (SELECT coalesce(sum(octet_length(content_ct) + octet_length(filename_ct)),0)"
-            "    FROM attachments)"
-            " + (SELECT coalesce(sum(octet_length(title_ct) + octet_length(metadata_ct)),0)"
-            "    FROM conversations)").scalar())
+        return int(
+            conn.exec_driver_sql(
+                "SELECT (SELECT coalesce(sum(octet_length(body_ct)),0) FROM messages)"
+                " + (SELECT coalesce(sum(octet_length(content_ct) + octet_length(filename_ct)),0)"
+                "    FROM attachments)"
+                " + (SELECT coalesce(sum(octet_length(title_ct) + octet_length(metadata_ct)),0)"
+                "    FROM conversations)"
+            ).scalar()
+        )
 
 
 def floor(app, org_id: uuid.UUID) -> float:
@@ -133,19 +179,24 @@ def floor(app, org_id: uuid.UUID) -> float:
     with app.extensions["db_engine"].begin() as conn:
         conn.exec_driver_sql(
             "UPDATE messages SET body_ct = body_ct || ''::bytea, key_id = key_id "
-            "WHERE company_id = %s", (org_id,))
+            "WHERE company_id = %s",
+            (org_id,),
+        )
         conn.exec_driver_sql(
             "UPDATE attachments SET content_ct = content_ct || ''::bytea, "
             "filename_ct = filename_ct || ''::bytea, key_id = key_id WHERE company_id = %s",
-            (org_id,))
+            (org_id,),
+        )
         conn.exec_driver_sql(
             "UPDATE conversations SET title_ct = title_ct || ''::bytea, "
             "metadata_ct = metadata_ct || ''::bytea, key_id = key_id WHERE company_id = %s",
-            (org_id,))
+            (org_id,),
+        )
     elapsed = time.perf_counter() - started
     with app.extensions["db_engine"].connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
-            "VACUUM messages, attachments, conversations")
+            "VACUUM messages, attachments, conversations"
+        )
     return elapsed
 
 
@@ -177,8 +228,9 @@ class RssSampler(threading.Thread):
             time.sleep(0.02)
 
 
-def product_rotation(app, env: dict[str, str], org_slug: str, old: bytes, new: bytes,
-                     workers: int) -> tuple[float, list[float], dict]:
+def product_rotation(
+    app, env: dict[str, str], org_slug: str, old: bytes, new: bytes, workers: int
+) -> tuple[float, list[float], dict]:
     """Rotate with the product end to end: enqueue to verified, with real RQ workers."""
     from jobs.rotation import enqueue_ranges
     from portal.models import Organization
@@ -186,9 +238,13 @@ def product_rotation(app, env: dict[str, str], org_slug: str, old: bytes, new: b
     from portal.rotation.models import RotationRun
 
     procs = [
-        subprocess.Popen([sys.executable, "-m", "portal.cli", "worker"], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "portal.cli", "worker"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         for _ in range(workers)
     ]
     sampler = RssSampler([p.pid for p in procs])
@@ -206,8 +262,9 @@ def product_rotation(app, env: dict[str, str], org_slug: str, old: bytes, new: b
     while state not in ("completed", "failed", "cancelled"):
         time.sleep(0.05)
         with app.extensions["db_engine"].connect() as conn:
-            state = conn.execute(select(RotationRun.state).where(RotationRun.id == run_id)
-                                 ).scalar_one()
+            state = conn.execute(
+                select(RotationRun.state).where(RotationRun.id == run_id)
+            ).scalar_one()
     elapsed = time.perf_counter() - started
     sampler.stop.set()
     sampler.join()
@@ -240,22 +297,28 @@ def naive(app, org_id: uuid.UUID, old: bytes, new: bytes) -> float:
         db = get_session()
         for model, columns, table in (
             (Message, (("body", "body_ct"),), "messages"),
-            (Attachment, (("filename", "filename_ct"), ("content", "content_ct")),
-             "attachments"),
-            (Conversation, (("title", "title_ct"), ("metadata", "metadata_ct")),
-             "conversations"),
+            (Attachment, (("filename", "filename_ct"), ("content", "content_ct")), "attachments"),
+            (Conversation, (("title", "title_ct"), ("metadata", "metadata_ct")), "conversations"),
         ):
             while True:
-                batch = list(db.scalars(
-                    select(model).where(model.company_id == org_id, model.key_id == old_id)
-                    .order_by(model.id).limit(1000)))
+                batch = list(
+                    db.scalars(
+                        select(model)
+                        .where(model.company_id == org_id, model.key_id == old_id)
+                        .order_by(model.id)
+                        .limit(1000)
+                    )
+                )
                 if not batch:
                     break
                 for item in batch:
                     for column, attr in columns:
                         aad = ad(org_id, table, column, item.id)
-                        setattr(item, attr, bytes(ring.encrypt(
-                            ring.decrypt(getattr(item, attr), aad), aad)))
+                        setattr(
+                            item,
+                            attr,
+                            bytes(ring.encrypt(ring.decrypt(getattr(item, attr), aad), aad)),
+                        )
                     item.key_id = new_id
                 db.commit()
                 db.expunge_all()
@@ -275,14 +338,25 @@ def main() -> None:
     url, name = create_database(base)
     home = tempfile.mkdtemp(prefix="byok-bench-")
     master = crypto_b64(os.urandom(32))
-    env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_url, "BYOK_HOME": home,
-           "BYOK_MASTER_KEY": master}
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "REDIS_URL": redis_url,
+        "BYOK_HOME": home,
+        "BYOK_MASTER_KEY": master,
+    }
     try:
         engine = make_engine(url)
         upgrade(engine)
         engine.dispose()
-        app = create_app({"DATABASE_URL": url, "REDIS_URL": redis_url, "BYOK_HOME": home,
-                          "BYOK_MASTER_KEY": master})
+        app = create_app(
+            {
+                "DATABASE_URL": url,
+                "REDIS_URL": redis_url,
+                "BYOK_HOME": home,
+                "BYOK_MASTER_KEY": master,
+            }
+        )
         from portal.keys import operations as ops
         from portal.orgs import create_org
 
@@ -296,35 +370,52 @@ def main() -> None:
             org_id, slug = org.id, org.slug
         t0 = time.perf_counter()
         seed(app, org_id, key1, args.messages, args.attachments)
-        print(f"seeded {args.messages} messages, {args.attachments} attachments of "
-              f"{ATTACHMENT_BYTES // 1024} KiB in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"seeded {args.messages} messages, {args.attachments} attachments of "
+            f"{ATTACHMENT_BYTES // 1024} KiB in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
         items = args.messages + args.attachments + max(1, args.messages // 50)
         mbytes = data_bytes(app) / 1e6
         floor_s = floor(app, org_id)
         rotation_s, rss, info = product_rotation(app, env, slug, key1, key2, args.workers)
         naive_s = naive(app, org_id, key2, key3)
-        rows = [("floor (pure SQL rewrite)", floor_s), (f"rotation ({args.workers} workers)",
-                                                         rotation_s), ("naive ORM", naive_s)]
+        rows = [
+            ("floor (pure SQL rewrite)", floor_s),
+            (f"rotation ({args.workers} workers)", rotation_s),
+            ("naive ORM", naive_s),
+        ]
         print(f"{'':28} {'seconds':>9} {'items/s':>11} {'MB/s':>9}")
         for label, secs in rows:
             print(f"{label:28} {secs:9.2f} {items / secs:11.0f} {mbytes / secs:9.1f}")
         ratio_rf = rotation_s / floor_s
         ratio_nr = naive_s / rotation_s
-        print(f"rotation / floor = {ratio_rf:.2f} (target <= 3, aim 2); "
-              f"naive / rotation = {ratio_nr:.2f} (target >= 5)")
+        print(
+            f"rotation / floor = {ratio_rf:.2f} (target <= 3, aim 2); "
+            f"naive / rotation = {ratio_nr:.2f} (target >= 5)"
+        )
         print(f"worker peak RSS: {', '.join(f'{r:.0f} MB' for r in rss)} (target <= 200 MB)")
         print(f"rotation progress: {info['done']} done, {info['failed']} failed")
-        print(json.dumps({
-            "bench": "rotation", "messages": args.messages, "attachments": args.attachments,
-            "workers": args.workers, "items": items, "megabytes": round(mbytes, 1),
-            "floor_s": round(floor_s, 3), "rotation_s": round(rotation_s, 3),
-            "naive_s": round(naive_s, 3),
-            "rotation_items_per_s": round(items / rotation_s),
-            "rotation_mb_per_s": round(mbytes / rotation_s, 1),
-            "ratio_rotation_to_floor": round(ratio_rf, 2),
-            "ratio_naive_to_rotation": round(ratio_nr, 2),
-            "worker_peak_rss_mb": round(max(rss), 1),
-        }))
+        print(
+            json.dumps(
+                {
+                    "bench": "rotation",
+                    "messages": args.messages,
+                    "attachments": args.attachments,
+                    "workers": args.workers,
+                    "items": items,
+                    "megabytes": round(mbytes, 1),
+                    "floor_s": round(floor_s, 3),
+                    "rotation_s": round(rotation_s, 3),
+                    "naive_s": round(naive_s, 3),
+                    "rotation_items_per_s": round(items / rotation_s),
+                    "rotation_mb_per_s": round(mbytes / rotation_s, 1),
+                    "ratio_rotation_to_floor": round(ratio_rf, 2),
+                    "ratio_naive_to_rotation": round(ratio_nr, 2),
+                    "worker_peak_rss_mb": round(max(rss), 1),
+                }
+            )
+        )
     finally:
         app.extensions["db_engine"].dispose() if "app" in locals() else None
         drop_database(base, name)
