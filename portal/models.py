@@ -42,11 +42,6 @@ class Organization(Base):
         """Return the tier as the product names it."""
         return TIER_LABELS[self.tier]
 
-    @property
-    def byok_eligible(self) -> bool:
-        """Tell whether the organisation may manage its own key (not a personal account)."""
-        return self.tier != "community"
-
 
 class User(Base):
     """A person who signs in; support users are platform staff with no organisation."""

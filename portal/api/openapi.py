@@ -165,6 +165,32 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/messages/{msg_id}": {
+                "patch": {
+                    "summary": "Edit a message's body",
+                    "operationId": "editMessage",
+                    "parameters": [
+                        {"name": "msg_id", "in": "path", "required": True, "schema": ID}
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["body"],
+                                    "properties": {"body": {"type": "string", "minLength": 1}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _created("edited"),
+                        **COMMON,
+                        **json_body,
+                    },
+                }
+            },
             "/attachments/{att_id}": {
                 "get": {
                     "summary": "An attachment's bytes",

@@ -191,6 +191,19 @@ def add_message(conv_id: uuid.UUID):
     return jsonify(id=str(msg.id)), 201
 
 
+@bp.patch("/messages/<uuid:msg_id>")
+def edit_message(msg_id: uuid.UUID):
+    """Replace a message's body (re-encrypted under the organisation's current key)."""
+    body = _json_body("body")
+    db = get_session()
+    msg = db.scalar(select(Message).where(Message.id == msg_id, Message.company_id == g.company_id))
+    if msg is None:
+        raise ApiError(404, "not_found", "no such message")
+    service.edit_message(db, msg, body["body"])
+    db.commit()
+    return jsonify(id=str(msg.id))
+
+
 @bp.post("/conversations/<uuid:conv_id>/attachments")
 def add_attachment(conv_id: uuid.UUID):
     """Attach a file (multipart field ``file``) to a conversation."""

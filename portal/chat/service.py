@@ -83,6 +83,15 @@ def add_message(session: Session, conv: Conversation, author: str, body: str) ->
     return msg
 
 
+def edit_message(session: Session, msg: Message, body: str) -> Message:
+    """Replace a message's body, encrypted under the organisation's current key."""
+    ring = _writable_keyring(session, msg.company_id)
+    msg.body_ct = _seal_value(ring, msg.company_id, "messages", "body", msg.id, body.encode())
+    msg.key_id = ring.encrypting_key_id.hex()
+    session.flush()
+    return msg
+
+
 def add_attachment(
     session: Session, conv: Conversation, filename: str, content_type: str, content: bytes
 ) -> Attachment:
