@@ -13,8 +13,8 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from jobs.context import get_app
+from portal.audit import aggregate
 from portal.db import utcnow
-from portal.events import emit
 from portal.rotation import engine, service
 from portal.rotation.models import RotationRange, RotationRun
 
@@ -123,18 +123,13 @@ def _process(app: Flask, run_id: uuid.UUID, range_id: int) -> str:
                 _maybe_finish(app, run_id)
                 return "done"
             if result.failed:
-                emit(
+                aggregate.record(
                     db,
-                    "encryption_key.decrypt_failed",
-                    outcome="failure",
-                    actor="system",
-                    company_id=company,
-                    details={
-                        "run_id": str(run_id),
-                        "kind": kind.name,
-                        "count": len(result.failed),
-                        "items": [f"{i}:{r}" for i, r in result.failed[:20]],
-                    },
+                    company,
+                    ",".join(old),
+                    kind.name,
+                    [f"{i}:{r}" for i, r in result.failed],
+                    "system",
                 )
             kept = db.execute(
                 update(RotationRange)

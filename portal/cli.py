@@ -417,5 +417,55 @@ def rotation_list(org_slug: str | None) -> None:
             )
 
 
+@main.group()
+def audit() -> None:
+    """Check and maintain the audit trail."""
+
+
+@audit.command("verify")
+@click.option("--org", "org_slug", default=None, help="Only this organisation's chain.")
+def audit_verify(org_slug: str | None) -> None:
+    """Verify every hash chain; exit non-zero naming the first bad event."""
+    from portal.audit.chain import verify_all
+    from portal.orgs import OrgError, get_org
+
+    with app_session() as (app, db):
+        try:
+            company = get_org(db, org_slug).id if org_slug else None
+        except OrgError as exc:
+            fail(str(exc))
+        key = app.extensions.get("audit_signing_key")
+        if key is None:
+            click.echo("warning: no master key loaded; head signatures are not checked", err=True)
+        results = verify_all(db, key, company)
+    broken = [r for r in results if not r.ok]
+    for result in results:
+        click.echo(str(result), err=not result.ok)
+    click.echo(
+        f"{len(results)} chains, {sum(r.checked for r in results)} events, {len(broken)} broken"
+    )
+    sys.exit(1 if broken else 0)
+
+
+@audit.command("prune")
+@click.option("--days", type=int, default=None, help="Keep this many days (AUDIT_RETENTION_DAYS).")
+def audit_prune(days: int | None) -> None:
+    """Delete events older than the retention period, keeping every chain verifiable."""
+    from datetime import timedelta
+
+    from portal.audit.chain import prune
+    from portal.db import utcnow
+
+    with app_session() as (app, db):
+        keep = days if days is not None else app.config["AUDIT_RETENTION_DAYS"]
+        if keep < 1:
+            fail("--days must be at least 1")
+        pruned = prune(db, utcnow() - timedelta(days=keep), app.extensions.get("audit_signing_key"))
+        db.commit()
+    click.echo(
+        f"pruned {sum(pruned.values())} events older than {keep} days from {len(pruned)} chains"
+    )
+
+
 if __name__ == "__main__":
     main()

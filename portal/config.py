@@ -67,6 +67,7 @@ class Config:
         self.ROTATION_BATCH_BYTES: int = _int(env, "ROTATION_BATCH_BYTES", 16 * 1024 * 1024)
         self.ROTATION_SLICE_SECONDS: int = _int(env, "ROTATION_SLICE_SECONDS", 30)
         self.ROTATION_STALE_SECONDS: int = _int(env, "ROTATION_STALE_SECONDS", 30)
+        self.AUDIT_RETENTION_DAYS: int = _int(env, "AUDIT_RETENTION_DAYS", 365)
         self.ROTATION_WATCHDOG_SECONDS: int = _int(env, "ROTATION_WATCHDOG_SECONDS", 5)
         for key, value in overrides.items():
             setattr(self, key, value)

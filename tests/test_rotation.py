@@ -220,18 +220,31 @@ def test_cli_rotates_reports_and_steers_a_run(app, app_config, orgs):
     import subprocess
     import sys
 
-    env = {**os.environ, **{k: app_config[k] for k in
-                            ("BYOK_HOME", "DATABASE_URL", "REDIS_URL", "BYOK_MASTER_KEY")}}
+    env = {
+        **os.environ,
+        **{k: app_config[k] for k in ("BYOK_HOME", "DATABASE_URL", "REDIS_URL", "BYOK_MASTER_KEY")},
+    }
 
     def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "portal.cli", *args], env=env,
-                              input=stdin, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "portal.cli", *args],
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     org_a = orgs["a"]["id"]
     old = enable_byok(app, org_a)
     seed(app, org_a, conversations=2, messages=4)
-    wrong = cli("key", "rotate", "--org", "org-a",
-                stdin=f"{b64(crypto.generate_key())}\n{b64(crypto.generate_key())}\n")
+    wrong = cli(
+        "key",
+        "rotate",
+        "--org",
+        "org-a",
+        stdin=f"{b64(crypto.generate_key())}\n{b64(crypto.generate_key())}\n",
+    )
     assert wrong.returncode == 1 and "not the active key" in wrong.stderr
     new = crypto.generate_key()
     started = cli("key", "rotate", "--org", "org-a", stdin=f"{b64(old)}\n{b64(new)}\n")

@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 
 from portal import crypto
 from portal.chat.models import ApiToken, Attachment, Conversation, Message
-from portal.events import emit
 from portal.keys.policy import check_can_store
 from portal.keys.service import encrypting_keyring, load_keys
 from portal.models import Organization
@@ -133,21 +132,11 @@ class Reader:
             raise
 
     def record_failures(self, actor: Any) -> None:
-        """Append one ``encryption_key.decrypt_failed`` event per key and kind of item."""
+        """Audit the request's failures: per key and minute, aggregated beyond the first."""
+        from portal.audit import aggregate
+
         for (key, table), items in self.failures.items():
-            emit(
-                self.session,
-                "encryption_key.decrypt_failed",
-                outcome="failure",
-                actor=actor,
-                company_id=self.company_id,
-                details={
-                    "key_id": key,
-                    "kind": table,
-                    "count": len(items),
-                    "items": items[:20],
-                },
-            )
+            aggregate.record(self.session, self.company_id, key, table, items, actor)
         self.failures.clear()
 
 
