@@ -67,6 +67,13 @@ class Config:
         self.ROTATION_BATCH_BYTES: int = _int(env, "ROTATION_BATCH_BYTES", 16 * 1024 * 1024)
         self.ROTATION_SLICE_SECONDS: int = _int(env, "ROTATION_SLICE_SECONDS", 30)
         self.ROTATION_STALE_SECONDS: int = _int(env, "ROTATION_STALE_SECONDS", 30)
+        self.SESSION_IDLE_SECONDS: int = _int(env, "SESSION_IDLE_SECONDS", 30 * 60)
+        self.SESSION_ABSOLUTE_SECONDS: int = _int(env, "SESSION_ABSOLUTE_SECONDS", 12 * 3600)
+        # Rate limits (Flask-Limiter syntax); counted in the portal's Redis.
+        self.RATELIMIT_LOGIN_ADDRESS: str = env.get("RATELIMIT_LOGIN_ADDRESS", "30/minute")
+        self.RATELIMIT_LOGIN_ACCOUNT: str = env.get("RATELIMIT_LOGIN_ACCOUNT", "10/minute")
+        self.RATELIMIT_KEY_OPERATIONS: str = env.get("RATELIMIT_KEY_OPERATIONS", "20/minute")
+        self.RATELIMIT_API: str = env.get("RATELIMIT_API", "1200/minute")
         self.AUDIT_RETENTION_DAYS: int = _int(env, "AUDIT_RETENTION_DAYS", 365)
         self.ROTATION_WATCHDOG_SECONDS: int = _int(env, "ROTATION_WATCHDOG_SECONDS", 5)
         for key, value in overrides.items():

@@ -98,44 +98,46 @@ def seed_chat(db, org: Organization) -> None:
 
 
 def run_demo(host: str, port: int) -> None:
-    """Initialise, seed, print the logins, then serve the portal and a worker until stopped."""
+    """Initialise, seed, serve the portal and a worker, print the logins; stop on a signal."""
     from werkzeug.serving import make_server
 
     from portal import create_app
     from portal.redis_conn import connect, stop_embedded
     from portal.setup import initialise
 
-    app = create_app()
-    with app.app_context():
-        for line in initialise(app):
-            print(line)
-        logins = seed(app)
-    connect(app)
-    url = f"http://{host}:{port}/"
-    _print_logins(url, logins)
-    env = dict(os.environ, REDIS_URL=app.config["REDIS_URL"], BYOK_HOME=app.config["BYOK_HOME"])
-    worker = subprocess.Popen([sys.executable, "-m", "portal.cli", "worker"], env=env)
-    server = make_server(host, port, app, threaded=True)
-
     def _stop(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
+    # From here on SIGTERM unwinds like Ctrl-C, so whatever was started gets stopped.
     signal.signal(signal.SIGTERM, _stop)
+    app = create_app()
+    worker = server = None
     try:
+        with app.app_context():
+            for line in initialise(app):
+                print(line)
+            logins = seed(app)
+        connect(app)
+        env = dict(os.environ, REDIS_URL=app.config["REDIS_URL"], BYOK_HOME=app.config["BYOK_HOME"])
+        worker = subprocess.Popen([sys.executable, "-m", "portal.cli", "worker"], env=env)
+        server = make_server(host, port, app, threaded=True)
+        _print_logins(f"http://{host}:{port}/", logins)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         print("stopping: web server, worker" + (", embedded Redis" if _embedded(app) else ""))
-        server.server_close()
-        worker.terminate()
-        try:
-            worker.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        if server is not None:
+            server.server_close()
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
         if _embedded(app):
             stop_embedded(Path(app.config["BYOK_HOME"]))
-        print("stopped")
+        print("stopped", flush=True)
 
 
 def _embedded(app: Flask) -> bool:

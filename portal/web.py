@@ -56,6 +56,9 @@ def init_app(app: Flask) -> None:
 
     app.register_error_handler(CSRFError, _csrf_error)
     app.register_error_handler(HTTPException, _http_error)
+    from portal import security
+
+    security.init_app(app)
 
 
 def _audit_denial(endpoint: str | None) -> None:
@@ -106,5 +109,8 @@ def register_areas(app: Flask) -> None:
     from portal.rotation.views import bp as rotation_bp
 
     csrf.exempt(api_bp)  # bearer tokens, not cookies: no cross-site request can forge one
+    from portal.security import api_limit
+
+    api_limit(api_bp)
     for blueprint in (auth_bp, home_bp, compliance_bp, audit_bp, rotation_bp, health_bp, api_bp):
         app.register_blueprint(blueprint)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from urllib.parse import urlsplit
 
-from flask import flash, redirect, render_template, request, session, url_for
+from flask import current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_user, logout_user
 
 from portal.auth import bp
@@ -12,6 +13,7 @@ from portal.auth.forms import LoginForm, LogoutForm
 from portal.auth.services import authenticate
 from portal.db import get_session
 from portal.events import emit
+from portal.security import limiter
 
 LOGIN_FAILED = "Email or password is not correct."
 
@@ -25,7 +27,16 @@ def _safe_next(target: str | None) -> str:
     return url_for("home.index")
 
 
+def _login_email() -> str:
+    """Rate-limit key: the account being signed in to (whatever the address)."""
+    return "login:" + (request.form.get("email") or "").strip().lower()
+
+
 @bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(lambda: current_app.config["RATELIMIT_LOGIN_ADDRESS"], methods=["POST"])
+@limiter.limit(
+    lambda: current_app.config["RATELIMIT_LOGIN_ACCOUNT"], methods=["POST"], key_func=_login_email
+)
 def login():
     """Show the sign-in form and sign a user in."""
     if current_user.is_authenticated and request.method == "GET":
@@ -43,10 +54,13 @@ def login():
         session.clear()
         login_user(user)
         session["reauth_at"] = None
+        session["auth_at"] = session["seen_at"] = time.time()
         emit(db, "auth.login", actor=user)
         db.commit()
         return redirect(_safe_next(request.args.get("next")))
     status = 422 if form.errors else 200
+    if request.args.get("expired"):
+        flash("Your session ended; please sign in again.")
     return render_template("auth/login.html", form=form), status
 
 

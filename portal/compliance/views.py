@@ -36,6 +36,7 @@ from portal.keys import operations as ops
 from portal.keys import policy
 from portal.keys.runs import run_in_progress
 from portal.models import Organization
+from portal.security import limiter
 
 FORMS = {
     "enable": KeyForm,
@@ -46,6 +47,16 @@ FORMS = {
     "generate": GenerateForm,
     "rotate": RotateForm,
 }
+
+
+def _user_key() -> str:
+    """Rate-limit key for key operations: the signed-in user."""
+    return f"key-ops:{current_user.get_id()}"
+
+
+key_ops_limit = limiter.limit(
+    lambda: current_app.config["RATELIMIT_KEY_OPERATIONS"], key_func=_user_key
+)
 
 
 @bp.after_request
@@ -174,6 +185,7 @@ def generate():
 
 @bp.post("/byok/test")
 @require_role("admin")
+@key_ops_limit
 def test():
     """Encrypt and decrypt a test message with the pasted key; show the fingerprint."""
     org = _org()
@@ -202,6 +214,7 @@ def test():
 
 @bp.post("/byok/enable")
 @require_role("admin")
+@key_ops_limit
 def enable():
     """Save & Enable: seal the tested key and make it the organisation's encrypting key."""
     org = _org()
@@ -270,6 +283,7 @@ def declare_lost():
 
 @bp.post("/byok/restore")
 @require_role("admin")
+@key_ops_limit
 def restore():
     """Restore a lost or unavailable key from the admin's backup."""
     org = _org()
@@ -321,6 +335,7 @@ def rotate_generate():
 
 @bp.post("/rotate/test")
 @require_role("admin")
+@key_ops_limit
 def rotate_test():
     """Test Keys: the current key must match the active key and decrypt a stored item."""
     from portal.rotation import service as rotation
@@ -356,6 +371,7 @@ def rotate_test():
 
 @bp.post("/rotate/start")
 @require_role("admin")
+@key_ops_limit
 def rotate_start():
     """Perform Rotation: the new key encrypts from now on; workers re-encrypt the rest."""
     from jobs.rotation import enqueue_ranges

@@ -1,0 +1,119 @@
+"""Hardening of every response: security headers, session lifetimes, rate limits, 500s."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from flask import Flask, jsonify, redirect, render_template, request, session, url_for
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_login import current_user, logout_user
+
+from portal.htmx import hx_redirect, is_htmx
+
+log = logging.getLogger("portal.errors")
+
+# No inline script, no eval, nothing from elsewhere: htmx runs with allowEval off.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+
+limiter = Limiter(key_func=get_remote_address, headers_enabled=True, strategy="fixed-window")
+
+
+def init_app(app: Flask) -> None:
+    """Install headers, session lifetimes, rate limiting and the 500 handler."""
+    app.after_request(_headers)
+    app.before_request(_session_lifetime)
+    app.register_error_handler(Exception, _internal_error)
+    app.config.setdefault("RATELIMIT_STORAGE_URI", _storage_uri(app))
+    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    limiter.init_app(app)
+
+
+def _storage_uri(app: Flask) -> str:
+    """Rate-limit counters live in the Redis the portal already uses."""
+    from portal.redis_conn import connect
+
+    connect(app)  # resolves (and starts, if embedded) the Redis URL
+    url = app.config["REDIS_URL"]
+    return "redis+unix://" + url.removeprefix("unix://") if url.startswith("unix://") else url
+
+
+def _headers(response):
+    """Security headers on every response."""
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", CSP)
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+    return response
+
+
+def _session_lifetime():
+    """End sessions that were idle too long or are older than the absolute limit."""
+    if not current_user.is_authenticated or request.path.startswith(("/static/", "/api/")):
+        return None
+    now = time.time()
+    started = session.get("auth_at") or now
+    seen = session.get("seen_at") or now
+    from flask import current_app
+
+    idle = current_app.config["SESSION_IDLE_SECONDS"]
+    absolute = current_app.config["SESSION_ABSOLUTE_SECONDS"]
+    if now - seen > idle or now - started > absolute:
+        logout_user()
+        session.clear()
+        target = url_for("auth.login", expired=1)
+        return hx_redirect(target, status=401) if is_htmx() else redirect(target)
+    session["auth_at"] = started
+    session["seen_at"] = now
+    return None
+
+
+def _internal_error(error: Exception):
+    """Answer an unexpected error without internals; log it under a correlation id."""
+    from werkzeug.exceptions import HTTPException
+
+    if isinstance(error, HTTPException):
+        from portal.web import _http_error
+
+        return _http_error(error)
+    correlation_id = uuid.uuid4().hex[:16]
+    log.error(
+        "unhandled error %s on %s %s", correlation_id, request.method, request.path, exc_info=error
+    )
+    message = "Something went wrong. Quote this reference if you contact support."
+    if request.path.startswith("/api/"):
+        return jsonify(error="internal_error", message=message, correlation_id=correlation_id), 500
+    template = "errors/_error.html" if is_htmx() else "errors/error.html"
+    html = render_template(
+        template, status=500, title="Internal error", message=message, correlation_id=correlation_id
+    )
+    return html, 500
+
+
+def _token_key() -> str:
+    """Rate-limit key for the data API: the bearer token (hashed), else the address."""
+    import hashlib
+
+    header = request.headers.get("Authorization", "")
+    if header:
+        return "api:" + hashlib.sha256(header.encode()).hexdigest()[:32]
+    return "api-anon:" + (get_remote_address() or "")
+
+
+def api_limit(blueprint) -> None:
+    """Limit data-API requests per token (once: blueprints outlive any one app)."""
+    from flask import current_app
+
+    if getattr(blueprint, "_byok_rate_limited", False):
+        return
+    limiter.limit(lambda: current_app.config["RATELIMIT_API"], key_func=_token_key)(blueprint)
+    blueprint._byok_rate_limited = True
