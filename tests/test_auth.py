@@ -130,3 +130,40 @@ def test_login_and_failures_are_audited(app, client, orgs):
             e.action for e in get_session().scalars(select(AuditEvent).order_by(AuditEvent.id))
         ]
     assert actions == ["auth.login_failed", "auth.login"]
+
+
+def test_next_with_a_backslash_cannot_leave_the_site(client, orgs):
+    token = csrf_token(client)
+    response = client.post(
+        "/login?next=/\\evil.example/",
+        data={"email": orgs["users"]["admin_a"], "password": PASSWORD, "csrf_token": token},
+    )
+    assert response.headers["Location"] == "/"
+
+
+def test_next_keeps_the_path_prefix_behind_a_proxy(app, orgs):
+    app.config["TRUSTED_PROXY_COUNT"] = 1
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_prefix=1)
+    client = app.test_client()
+    headers = {"X-Forwarded-Prefix": "/byok", "X-Forwarded-Proto": "https"}
+    first = client.get("/settings/compliance", headers=headers)
+    assert first.headers["Location"].startswith("/byok/login?next=")
+    token = csrf_token_with(client, "/login", headers)
+    response = client.post(
+        "/login?next=/settings/compliance",
+        data={"email": orgs["users"]["admin_a"], "password": PASSWORD, "csrf_token": token},
+        # Over https, CSRF protection also wants a same-origin Referer (browsers send one).
+        headers={**headers, "Referer": "https://localhost/byok/login"},
+    )
+    assert response.headers["Location"] == "/byok/settings/compliance"
+    assert "Secure" in response.headers["Set-Cookie"]
+
+
+def csrf_token_with(client, path: str, headers: dict) -> str:
+    """Read the CSRF token from a page fetched with extra headers."""
+    import re
+
+    html = client.get(path, headers=headers).get_data(as_text=True)
+    return re.search(r'<meta name="csrf-token" content="([^"]+)"', html).group(1)

@@ -19,11 +19,11 @@ LOGIN_FAILED = "Email or password is not correct."
 
 
 def _safe_next(target: str | None) -> str:
-    """Return ``target`` if it is a path on this site, else the home page."""
-    if target:
+    """Return ``target`` (a path inside the portal) under the portal's prefix, else home."""
+    if target and "\\" not in target:
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc and target.startswith("/"):
-            return target
+            return request.script_root + target
     return url_for("home.index")
 
 
