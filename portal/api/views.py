@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Response, current_app, g, jsonify, request
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import defer
 
 from portal import crypto
@@ -42,6 +43,23 @@ def _api_error(exc: ApiError):
 def _key_unavailable(exc: KeyUnavailable):
     """The organisation's key cannot encrypt: nothing is stored."""
     return jsonify(error="key_unavailable", message=str(exc)), 503
+
+
+@bp.errorhandler(OperationalError)
+def _storage_error(exc: OperationalError):
+    """The database refused the write (full disk, lost connection): nothing was stored."""
+    import logging
+
+    get_session().rollback()
+    logging.getLogger("portal.errors").error("data API storage error: %s", type(exc.orig))
+    full = "full" in str(exc.orig).lower()
+    code, status = ("storage_full", 507) if full else ("storage_unavailable", 503)
+    message = (
+        "The server has no room to store this; nothing was stored."
+        if full
+        else "The database is unavailable; nothing was stored. Try again."
+    )
+    return jsonify(error=code, message=message), status
 
 
 @bp.errorhandler(ByokRequired)
