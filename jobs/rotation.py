@@ -9,7 +9,7 @@ import uuid
 from datetime import timedelta
 
 from flask import Flask
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from jobs.context import get_app
@@ -250,6 +250,8 @@ def watchdog(run_id: str) -> str:
             .values(state="pending", worker=None, enqueued_at=None)
         )
         db.commit()
+    with app.app_context():
+        _record_milestone(app, rid)
     _maybe_finish(
         app, rid, from_states=("running", "verifying") if state == "verifying" else ("running",)
     )
@@ -257,6 +259,37 @@ def watchdog(run_id: str) -> str:
         if db.get(RotationRun, rid).state in ("running", "verifying"):
             enqueue_ranges(app, rid)
     return "watching"
+
+
+MILESTONES = (25, 50, 75)
+
+
+def _record_milestone(app: Flask, run_id: uuid.UUID) -> None:
+    """Note in the run's history and the audit log when it passes 25, 50 and 75 per cent."""
+    from portal.events import emit
+    from portal.rotation.models import RotationEvent
+
+    with _session(app) as db:
+        run = db.get(RotationRun, run_id)
+        percent = service.progress(db, run).percent()
+        logged = (
+            db.scalar(
+                select(func.count())
+                .select_from(RotationEvent)
+                .where(RotationEvent.run_id == run_id, RotationEvent.message.like("Progress: %"))
+            )
+            or 0
+        )
+        for milestone in [m for m in MILESTONES if percent >= m][logged:]:
+            service.log_event(db, run, f"Progress: {milestone}% of items re-encrypted")
+            emit(
+                db,
+                "BYOK.rotation_progress",
+                actor="system",
+                company_id=run.company_id,
+                details={"run_id": str(run_id), "percent": milestone},
+            )
+        db.commit()
 
 
 def resume_active_runs(app: Flask | None = None) -> list[str]:

@@ -262,3 +262,39 @@ def test_cli_rotates_reports_and_steers_a_run(app, app_config, orgs):
     refused = cli("rotation", "cancel", run_id)
     assert refused.returncode == 1 and "cannot be cancelled" in refused.stderr
     assert key_ids(app, org_a) == {crypto.key_id(new).hex()}
+
+
+def test_watchdog_records_progress_milestones_once(app, orgs):
+    from jobs.rotation import watchdog
+    from portal.rotation.models import RotationEvent, RotationRange
+
+    org_a = orgs["a"]["id"]
+    old = enable_byok(app, org_a)
+    seed(app, org_a, conversations=2, messages=4)
+    run_id = _start(app, org_a, old, crypto.generate_key())
+    with app.app_context():
+        db = get_session()
+        run = db.get(RotationRun, run_id)
+        total = run.messages_total + run.attachments_total + run.metadata_total
+        # Pretend the workers got just over half way.
+        first = db.scalars(select(RotationRange).where(RotationRange.run_id == run_id)).first()
+        first.done = total // 2 + 1
+        db.commit()
+    from jobs.context import set_app
+
+    set_app(app)
+    watchdog(str(run_id))
+    watchdog(str(run_id))
+    with app.app_context():
+        messages = [
+            e.message
+            for e in get_session().scalars(
+                select(RotationEvent).where(
+                    RotationEvent.run_id == run_id, RotationEvent.message.like("Progress: %")
+                )
+            )
+        ]
+    assert messages == [
+        "Progress: 25% of items re-encrypted",
+        "Progress: 50% of items re-encrypted",
+    ]
