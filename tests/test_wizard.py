@@ -904,11 +904,6 @@ def test_save_and_enable_needs_the_password_when_reauth_is_not_fresh(app, admin,
     assert [k.origin for k in org_keys(app, orgs["a"]["id"])] == ["platform"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a refused Save & Enable (e.g. wrong password) answers with the tested "
-    "fingerprint cleared, so the retry with the right password says 'Test this key first'",
-)
 def test_wrong_password_keeps_the_tested_key_armed_for_the_retry(app, admin, orgs):
     _, text, fp = new_key()
     admin.test_key(text)
@@ -1074,11 +1069,6 @@ def test_rotation_overdue_warning_after_the_organisation_rotation_period(app, ad
     assert "Rotation is overdue" not in admin.page()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the rotation due date (and 'Enabled ... by') is computed from the active key's "
-    "state_changed_at, so a revoke/restore round trip resets an overdue key's rotation clock",
-)
 def test_revoke_and_restore_do_not_reset_the_rotation_clock(app, admin, orgs):
     _, text, fp = new_key()
     admin.enable_ok(text)
@@ -1100,9 +1090,10 @@ def test_revoke_and_restore_do_not_reset_the_rotation_clock(app, admin, orgs):
 def test_every_wizard_field_has_a_label_and_its_feedback_container(app, admin, orgs):
     """Error text is tied to its field (aria-describedby), and every control is labelled."""
     _, text, _ = new_key()
+    pages = [admin.page()]  # BYOK off: the enable step
     admin.enable_ok(text)
     assert admin.confirm("revoke", orgs["a"]["slug"]).status_code == 200
-    pages = [admin.page()]
+    pages.append(admin.page())  # revoked: the restore step
     assert admin.post("restore", {"key": text}).status_code == 200
     pages.append(admin.page())
     seen = set()
@@ -1423,11 +1414,6 @@ def test_revoke_destroys_the_sealed_copy_and_blocks_reads_and_writes_until_resto
     assert key_id_of(app, Message, api.message(conv, "after restore")) == row.key_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after Revoke key access the status panel says BYOK 'Off' and offers Enable "
-    "BYOK, although no platform key encrypts and every API write answers 503 key_unavailable",
-)
 def test_status_panel_after_revoke_does_not_claim_byok_is_off(app, admin, orgs):
     api = Api(app, orgs["a"]["id"])
     _, text, fp = new_key()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from flask import (
@@ -112,12 +111,22 @@ def byok_section():
     return render_template("compliance/_byok.html", **_context(org))
 
 
-def _refused(name: str, form: FlaskForm, org: Organization):
+def _refused(name: str, form: FlaskForm, org: Organization, **extra: Any):
     """Answer a refused step: field errors swapped in place (htmx) or the page again."""
     if is_htmx():
-        return render_template("compliance/_feedback.html", form=form, form_name=name), 422
-    html = render_template("compliance/index.html", **_context(org, forms=_forms(**{name: form})))
+        return render_template("compliance/_feedback.html", form=form, form_name=name, **extra), 422
+    forms = _forms(**{name: form})
+    html = render_template("compliance/index.html", **_context(org, forms=forms, **extra))
     return html, 422
+
+
+def _still_tested(form: FlaskForm, field: str = "key") -> str | None:
+    """The fingerprint a refused step should keep: the tested key is still the posted one."""
+    try:
+        fp = crypto.fingerprint(crypto.key_id(ops.read_key(getattr(form, field).data or "")))
+    except ops.KeyOperationError:
+        return None
+    return fp if fp == form.tested_fingerprint.data else None
 
 
 def _done(message: str, org: Organization):
@@ -234,50 +243,46 @@ def enable():
         needs_reauth=True,
     )
     if row is None:
-        return _refused("enable", form, org)
+        # A mistyped password must not make the admin test the key again.
+        return _refused("enable", form, org, tested=_still_tested(form))
     session.pop("generated_fingerprint", None)
     return _done(f"BYOK is enabled with key {row.fingerprint}. New data is encrypted with it.", org)
+
+
+def _key_step(name: str, operation, message):
+    """Run one confirmed key step (re-authenticated) and answer it, refused or done."""
+    org = _org()
+    form = _submitted(name)
+    row = _attempt(name, form, org, lambda: operation(get_session(), org, form), needs_reauth=True)
+    if row is None:
+        return _refused(name, form, org)
+    return _done(message(row), org)
 
 
 @bp.post("/byok/disable")
 @require_role("admin")
 def disable():
     """Switch BYOK off (Organization Community only)."""
-    org = _org()
-    form = _submitted("disable")
-    row = _attempt(
+    return _key_step(
         "disable",
-        form,
-        org,
-        lambda: ops.disable(
-            get_session(), org, current_user, form.confirm_slug.data, form.acknowledge.data
+        lambda db, org, form: ops.disable(
+            db, org, current_user, form.confirm_slug.data, form.acknowledge.data
         ),
-        needs_reauth=True,
+        lambda row: "BYOK is disabled. New data is encrypted with a platform-managed key.",
     )
-    if row is None:
-        return _refused("disable", form, org)
-    return _done("BYOK is disabled. New data is encrypted with a platform-managed key.", org)
 
 
 @bp.post("/byok/lost")
 @require_role("admin")
 def declare_lost():
     """Declare the BYOK key lost."""
-    org = _org()
-    form = _submitted("lost")
-    row = _attempt(
+    return _key_step(
         "lost",
-        form,
-        org,
-        lambda: ops.declare_lost(get_session(), org, current_user, form.confirm_slug.data),
-        needs_reauth=True,
-    )
-    if row is None:
-        return _refused("lost", form, org)
-    return _done(
-        f"Key {row.fingerprint} is declared lost; its items are unreadable until it "
-        "is restored from a backup.",
-        org,
+        lambda db, org, form: ops.declare_lost(db, org, current_user, form.confirm_slug.data),
+        lambda row: (
+            f"Key {row.fingerprint} is declared lost; its items are unreadable until "
+            "it is restored from a backup."
+        ),
     )
 
 
@@ -286,21 +291,13 @@ def declare_lost():
 @key_ops_limit
 def restore():
     """Restore a lost or unavailable key from the admin's backup."""
-    org = _org()
-    form = _submitted("restore")
-    row = _attempt(
+    return _key_step(
         "restore",
-        form,
-        org,
-        lambda: ops.restore(get_session(), org, current_user, form.key.data or ""),
-        needs_reauth=True,
-    )
-    if row is None:
-        return _refused("restore", form, org)
-    return _done(
-        f"Key {row.fingerprint} is restored ({row.state.replace('_', '-')}); its data "
-        "is readable again.",
-        org,
+        lambda db, org, form: ops.restore(db, org, current_user, form.key.data or ""),
+        lambda row: (
+            f"Key {row.fingerprint} is restored ({row.state.replace('_', '-')}); its "
+            "data is readable again."
+        ),
     )
 
 
@@ -308,21 +305,13 @@ def restore():
 @require_role("admin")
 def revoke():
     """Revoke key access: destroy the sealed copy until the admin restores the key."""
-    org = _org()
-    form = _submitted("revoke")
-    row = _attempt(
+    return _key_step(
         "revoke",
-        form,
-        org,
-        lambda: ops.revoke(get_session(), org, current_user, form.confirm_slug.data),
-        needs_reauth=True,
-    )
-    if row is None:
-        return _refused("revoke", form, org)
-    return _done(
-        f"Access to key {row.fingerprint} is revoked. Nothing under it can be read "
-        "until you restore it.",
-        org,
+        lambda db, org, form: ops.revoke(db, org, current_user, form.confirm_slug.data),
+        lambda row: (
+            f"Access to key {row.fingerprint} is revoked. Nothing under it can be read "
+            "until you restore it."
+        ),
     )
 
 
@@ -380,10 +369,8 @@ def rotate_start():
 
     org = _org()
     form = _submitted("rotate")
-    new_fp = ""
-    with contextlib.suppress(ops.KeyOperationError):
-        new_fp = crypto.fingerprint(crypto.key_id(ops.read_key(form.new_key.data or "")))
-    if form.tested_fingerprint.data != new_fp or not new_fp:
+    tested = _still_tested(form, "new_key")
+    if tested is None:
         form.new_key.errors = ["Press Test Keys first, then Perform Rotation."]
         return _refused("rotate", form, org)
     run = _attempt(
@@ -401,7 +388,7 @@ def rotate_start():
         needs_reauth=True,
     )
     if run is None:
-        return _refused("rotate", form, org)
+        return _refused("rotate", form, org, tested=tested, tested_field="new_key")
     get_session().commit()
     session.pop("generated_fingerprint", None)
     enqueue_ranges(current_app._get_current_object(), run.id)

@@ -73,6 +73,7 @@ class KeyStatus:
     active: OrgKey | None
     keys: list[dict[str, Any]]
     rotation_due: datetime | None
+    access_revoked: bool
     rotation_overdue: bool
     platform_items: int
 
@@ -85,6 +86,7 @@ class KeyStatus:
             "byok_required": self.byok_required,
             "active_fingerprint": self.active.fingerprint if self.active else None,
             "rotation_due": self.rotation_due.isoformat() if self.rotation_due else None,
+            "access_revoked": self.access_revoked,
             "rotation_overdue": self.rotation_overdue,
             "keys": [
                 {k: v for k, v in key.items() if k != "row"} | {"items": key["items"]}
@@ -117,10 +119,17 @@ def status(session: Session, org: Organization, now: datetime | None = None) -> 
                 "items_by_kind": per_kind,
             }
         )
-    enabled = active is not None and active.origin != "platform"
+    # A revoked BYOK key leaves no active key, yet BYOK is on: nothing is read or written
+    # until the admin restores it (no platform key silently takes over).
+    revoked = active is None and any(
+        r.origin != "platform" and r.state == "unavailable" for r in loaded.rows
+    )
+    enabled = revoked or (active is not None and active.origin != "platform")
     due = None
-    if enabled:
-        due = _aware(active.state_changed_at) + timedelta(days=org.rotation_period_days)
+    if active is not None and enabled:
+        # The clock runs from when the key began encrypting (its creation), so a revoke and
+        # restore of an overdue key does not silence the warning.
+        due = _aware(active.created_at) + timedelta(days=org.rotation_period_days)
     platform_items = sum(k["items"] for k in keys if k["origin"] == "platform")
     return KeyStatus(
         org=org,
@@ -129,6 +138,7 @@ def status(session: Session, org: Organization, now: datetime | None = None) -> 
         active=active,
         keys=keys,
         rotation_due=due,
+        access_revoked=revoked,
         rotation_overdue=bool(due and due < now),
         platform_items=platform_items,
     )
@@ -156,6 +166,14 @@ def _require_no_run(session: Session, org: Organization, what: str) -> None:
     if run_in_progress(session, org.id):
         raise KeyOperationError(
             f"A key rotation is in progress; {what} is not possible until it ends."
+        )
+
+
+def _confirm_slug(org: Organization, typed: str | None) -> None:
+    """Refuse a destructive step unless the organisation's slug was typed to confirm it."""
+    if (typed or "").strip() != org.slug:
+        raise KeyOperationError(
+            f"Type the organisation's slug ({org.slug}) to confirm.", field="confirm_slug"
         )
 
 
@@ -261,10 +279,7 @@ def disable(
     current = policy.active_key(session, org.id)
     if current is None or current.origin == "platform":
         raise KeyOperationError("BYOK is not enabled.")
-    if (confirm_slug or "").strip() != org.slug:
-        raise KeyOperationError(
-            f"Type the organisation's slug ({org.slug}) to confirm.", field="confirm_slug"
-        )
+    _confirm_slug(org, confirm_slug)
     if not acknowledged:
         raise KeyOperationError(
             "Confirm that your compliance and legal teams were consulted.", field="acknowledge"
@@ -306,10 +321,7 @@ def declare_lost(session: Session, org: Organization, actor: Any, confirm_slug: 
     current = policy.active_key(session, org.id)
     if current is None or current.origin == "platform":
         raise KeyOperationError("There is no BYOK key to declare lost.")
-    if (confirm_slug or "").strip() != org.slug:
-        raise KeyOperationError(
-            f"Type the organisation's slug ({org.slug}) to confirm.", field="confirm_slug"
-        )
+    _confirm_slug(org, confirm_slug)
     label = actor_label(actor)
     current.sealed = None
     mark_state(current, "lost", label)
@@ -380,10 +392,7 @@ def revoke(session: Session, org: Organization, actor: Any, confirm_slug: str) -
     current = policy.active_key(session, org.id)
     if current is None or current.origin == "platform":
         raise KeyOperationError("There is no BYOK key to revoke.")
-    if (confirm_slug or "").strip() != org.slug:
-        raise KeyOperationError(
-            f"Type the organisation's slug ({org.slug}) to confirm.", field="confirm_slug"
-        )
+    _confirm_slug(org, confirm_slug)
     current.sealed = None
     mark_state(current, "unavailable", actor_label(actor))
     emit(
