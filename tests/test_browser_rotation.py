@@ -1,0 +1,203 @@
+"""Key rotation in a real headless Chromium on the real ``byok-portal demo`` (with its worker).
+
+The admin enables BYOK and rotates from the wizard, watches the live progress reach 100% and
+the polling stop; a support user then watches the same run from the Rotations page.
+Screenshots go to docs/screenshots/rotation-*.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect
+from sqlalchemy import select
+
+from portal import crypto
+from portal.db import get_session
+from portal.models import Organization
+from tests.fault_helpers import bulk_seed
+from tests.rotation_helpers import key_ids
+
+pytestmark = pytest.mark.browser
+
+SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+VIEWPORT = {"width": 1200, "height": 900}
+ADMIN = "admin@acme-org-community.example"
+SUPPORT = "support@platform.example"
+EXTRA_MESSAGES = 30_000  # enough for the run to last a few seconds on the demo's one worker
+
+
+@pytest.fixture
+def demo_env(monkeypatch):
+    """Settings the demo (and the worker it starts) inherit: small batches, a queue of its own."""
+    import uuid
+
+    monkeypatch.setenv("ROTATION_BATCH_ROWS", "100")
+    monkeypatch.setenv("ROTATION_SLICE_SECONDS", "2")
+    monkeypatch.setenv("RQ_QUEUE", "byok-browser-" + uuid.uuid4().hex[:10])
+
+
+def shot(page: Page, name: str) -> None:
+    """Save a 1200x900 screenshot of the top of the page."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(SHOTS / name))
+
+
+def sign_in(context, demo, email: str) -> Page:
+    """Sign in through the login form."""
+    assert email in demo.logins, "".join(demo.output)
+    page = context.new_page()
+    page.goto(f"{demo.url}/login")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(demo.logins[email])
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    return page
+
+
+def generated_key(page: Page, section: str) -> str:
+    """Press Generate New Key in a section and read the key it shows once."""
+    area = page.locator(f"section[aria-labelledby={section}]")
+    area.get_by_role("button", name="Generate New Key").click()
+    shown = area.get_by_test_id("generated-key")
+    expect(shown).to_be_visible()
+    text = shown.inner_text().strip()
+    assert len(base64.b64decode(text, validate=True)) == 32
+    return text
+
+
+def test_admin_rotates_from_the_wizard_watches_it_finish_and_support_watches_it_too(
+    demo_env, browser, demo_server, app
+):
+    password = demo_server.logins[ADMIN]
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(20_000)
+    page = sign_in(context, demo_server, ADMIN)
+    page.get_by_role("link", name="Compliance Policies").first.click()
+    page.wait_for_url("**/settings/compliance")
+
+    # Enable BYOK: generate -> paste -> Test Key -> password -> Save & Enable.
+    current = generated_key(page, "enable-h")
+    page.locator("#enable-key").fill(current)
+    page.get_by_role("button", name="Test Key").click()
+    expect(page.locator("#enable-key-feedback")).to_contain_text("Test passed")
+    page.locator("#enable-password").fill(password)
+    page.get_by_role("button", name="Save & Enable").click()
+    expect(page.get_by_test_id("byok-state")).to_have_text("On")
+
+    # More data under the BYOK key, so that the run lasts long enough to be watched.
+    with app.app_context():
+        org_id = get_session().scalar(
+            select(Organization.id).where(Organization.slug == "acme-org-community")
+        )
+    bulk_seed(app, org_id, EXTRA_MESSAGES, 20, 5)
+
+    # Rotate: current key + a generated new key -> Test Keys -> password -> Perform Rotation.
+    new = generated_key(page, "rotate-h")
+    page.locator("#rotate-current_key").fill(current)
+    page.locator("#rotate-new_key").fill(new)
+    page.get_by_role("button", name="Test Keys").click()
+    expect(page.locator("#rotate-new_key-feedback")).to_contain_text("Both keys passed")
+    page.locator("#rotate-password").fill(password)
+    polls: list[str] = []
+    statuses: list[int] = []
+    page.on("request", lambda r: polls.append(r.url) if r.url.endswith("/progress") else None)
+    page.on(
+        "response", lambda r: statuses.append(r.status) if r.url.endswith("/progress") else None
+    )
+    page.get_by_role("button", name="Perform Rotation").click()
+    page.wait_for_url("**/rotations/*")
+    run_url = page.url
+    state = page.get_by_test_id("run-state")
+    caught = None
+    deadline = time.monotonic() + 30
+    while caught is None and state.inner_text() == "running" and time.monotonic() < deadline:
+        percent = int(page.get_by_test_id("overall-percent").inner_text().rstrip("%"))
+        if 5 <= percent <= 90:  # caught mid-run: the bars moved without a reload
+            caught = percent
+            shot(page, "rotation-running.png")
+        page.wait_for_timeout(100)
+    print(f"caught the run at {caught}%" if caught else "the run was not caught mid-run")
+    expect(state).to_have_text("completed", timeout=90_000)
+    expect(page.get_by_test_id("overall-percent")).to_have_text("100%")
+    for kind in ("overall", "messages", "attachments", "metadata"):
+        assert page.get_by_test_id(f"{kind}-progress").get_attribute("value") == "100", kind
+    assert polls, "the page never polled for progress"
+    assert statuses and statuses[-1] == 286, statuses[-5:]
+    polled = len(polls)
+    time.sleep(3)
+    assert len(polls) == polled, f"still polling after completion: {polls[polled:]}"
+    expect(page.locator(".history")).to_contain_text("Completed and verified")
+    shot(page, "rotation-completed.png")
+    # Nothing is left under the old key (items from before BYOK keep their platform key).
+    remaining = key_ids(app, org_id)
+    assert crypto.key_id(base64.b64decode(new)).hex() in remaining
+    assert crypto.key_id(base64.b64decode(current)).hex() not in remaining
+    context.close()
+
+    # Support staff: the Rotations page lists the run; its page shows 100% and no controls.
+    support_ctx = browser.new_context(viewport=VIEWPORT)
+    support_ctx.set_default_timeout(20_000)
+    page = sign_in(support_ctx, demo_server, SUPPORT)
+    page.get_by_role("link", name="Rotations").first.click()
+    page.wait_for_url("**/rotations")
+    row = page.get_by_role("row").filter(has_text="Acme Org Community")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("completed")
+    expect(row).to_contain_text("100%")
+    row.get_by_role("link", name="completed").click()
+    page.wait_for_url(run_url)
+    expect(page.get_by_test_id("run-state")).to_have_text("completed")
+    expect(page.get_by_test_id("overall-percent")).to_have_text("100%")
+    for label in ("Pause", "Resume", "Cancel", "Set throttle", "Retry failed items"):
+        expect(page.get_by_role("button", name=label)).to_have_count(0)
+    html = page.content()
+    assert current not in html and new not in html  # no key material
+    assert "Quarterly plan" not in html  # no content (a demo conversation title)
+    shot(page, "rotation-support.png")
+    support_ctx.close()
+
+
+BUG_SUPPORT_SEES_WHO_STARTED = (
+    "BUG: support staff see the admin who started a run. templates/rotation/_progress.html "
+    "shows 'by an admin' to support (show_keys is False), but its History list prints "
+    "RotationEvent.message, which portal/rotation/service.py writes as 'Rotation started by "
+    "<email>: ...' (start_rotation; also 'Paused/Resumed by <email>' in control() and "
+    "'Retry ... started by <email>' in retry_failed()). Fix: keep the actor out of the "
+    "event message (store it in its own column and render it only when show_keys)."
+)
+
+
+@pytest.mark.xfail(strict=True, reason=BUG_SUPPORT_SEES_WHO_STARTED)
+def test_support_staff_watching_a_run_do_not_see_which_admin_started_it(
+    demo_env, browser, demo_server, app
+):
+    from jobs.rotation import enqueue_ranges
+    from portal.models import User
+    from portal.rotation import service
+    from tests.rotation_helpers import b64, enable_byok
+
+    with app.app_context():
+        db = get_session()
+        org_id = db.scalar(select(Organization.id).where(Organization.slug == "acme-org-community"))
+    old = enable_byok(app, org_id)
+    with app.app_context():
+        db = get_session()
+        admin = db.scalar(select(User).where(User.email == ADMIN))
+        org = db.get(Organization, org_id)
+        run = service.start_rotation(db, org, admin, b64(old), b64(crypto.generate_key()))
+        db.commit()
+        run_id = run.id
+    enqueue_ranges(app, run_id)  # the demo's worker runs it
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(20_000)
+    page = sign_in(context, demo_server, SUPPORT)
+    page.goto(f"{demo_server.url}/rotations/{run_id}")
+    expect(page.get_by_test_id("run-state")).to_have_text("completed", timeout=60_000)
+    expect(page.get_by_text("by an admin")).to_be_visible()
+    assert ADMIN not in page.content()
+    context.close()
