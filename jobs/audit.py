@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import uuid
 
-from jobs.context import get_app
+from jobs.context import fresh_engine, get_app
 from portal.audit import aggregate
 
 
 def flush_decrypt_failures(company_id: str, key_id: str, minute: str) -> int:
     """Write the follow-up event of a minute's failed decryptions."""
     app = get_app()
-    app.extensions["db_engine"].dispose(close=False)
+    fresh_engine(app)
     with app.app_context():
         from portal.db import get_session
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from flask import Flask
 
 _app: Flask | None = None
@@ -21,3 +23,10 @@ def get_app() -> Flask:
 
         _app = create_app()
     return _app
+
+
+def fresh_engine(app: Flask) -> None:
+    """Drop pooled connections inherited from a parent process (RQ forks per job)."""
+    if app.extensions.get("db_engine_pid") != os.getpid():
+        app.extensions["db_engine"].dispose(close=False)
+        app.extensions["db_engine_pid"] = os.getpid()

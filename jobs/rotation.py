@@ -12,7 +12,7 @@ from flask import Flask
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
-from jobs.context import get_app
+from jobs.context import fresh_engine, get_app
 from portal.audit import aggregate
 from portal.db import utcnow
 from portal.rotation import engine, service
@@ -24,15 +24,10 @@ def _session(app: Flask) -> Session:
     return app.extensions["db_sessionmaker"]()
 
 
-def _fresh_engine(app: Flask) -> None:
-    """Drop pooled connections inherited from a parent process (RQ forks per job)."""
-    app.extensions["db_engine"].dispose(close=False)
-
-
 def process_range(run_id: str, range_id: int) -> str:
     """Re-encrypt one range in batches for up to a time slice, checkpointing each batch."""
     app = get_app()
-    _fresh_engine(app)
+    fresh_engine(app)
     with app.app_context():
         return _process(app, uuid.UUID(run_id), range_id)
 
@@ -232,24 +227,14 @@ def schedule_watchdog(app: Flask, run_id: uuid.UUID) -> None:
 def watchdog(run_id: str) -> str:
     """Re-queue abandoned or late ranges and finish a run whose ranges are all done."""
     app = get_app()
-    _fresh_engine(app)
+    fresh_engine(app)
     rid = uuid.UUID(run_id)
-    stale = timedelta(seconds=app.config["ROTATION_STALE_SECONDS"])
     with app.app_context(), _session(app) as db:
         run = db.get(RotationRun, rid)
         if run is None or run.state not in ("running", "verifying"):
             return f"run is {run.state if run else 'gone'}"
         state = run.state
-        db.execute(
-            update(RotationRange)
-            .where(
-                RotationRange.run_id == rid,
-                RotationRange.state == "running",
-                RotationRange.heartbeat_at < utcnow() - stale,
-            )
-            .values(state="pending", worker=None, enqueued_at=None)
-        )
-        db.commit()
+        release_stale_ranges(db, rid, app.config["ROTATION_STALE_SECONDS"])
     with app.app_context():
         _record_milestone(app, rid)
     _maybe_finish(
@@ -292,6 +277,34 @@ def _record_milestone(app: Flask, run_id: uuid.UUID) -> None:
         db.commit()
 
 
+def release_stale_ranges(db: Session, run_id: uuid.UUID, stale_seconds: int) -> int:
+    """Hand back ranges whose worker has not reported for a while (it was killed)."""
+    released = db.execute(
+        update(RotationRange)
+        .where(
+            RotationRange.run_id == run_id,
+            RotationRange.state == "running",
+            RotationRange.heartbeat_at < utcnow() - timedelta(seconds=stale_seconds),
+        )
+        .values(state="pending", worker=None, enqueued_at=None)
+    ).rowcount
+    db.commit()
+    return released
+
+
+def watch_active_runs(app: Flask) -> list[str]:
+    """One watchdog pass over every unfinished run (the worker supervisor calls this)."""
+    with _session(app) as db:
+        runs = list(
+            db.scalars(
+                select(RotationRun.id).where(RotationRun.state.in_(("running", "verifying")))
+            )
+        )
+    for run_id in runs:
+        watchdog(str(run_id))
+    return [str(r) for r in runs]
+
+
 def resume_active_runs(app: Flask | None = None) -> list[str]:
     """Rebuild the queue from the database for every unfinished run (e.g. after Redis lost it)."""
     app = app or get_app()
@@ -302,5 +315,7 @@ def resume_active_runs(app: Flask | None = None) -> list[str]:
             )
         )
     for run_id in runs:
+        with _session(app) as db:
+            release_stale_ranges(db, run_id, app.config["ROTATION_STALE_SECONDS"])
         enqueue_ranges(app, run_id, everything=True)
     return [str(r) for r in runs]

@@ -7,7 +7,14 @@ from typing import Any
 
 from flask import Flask
 
-ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = Path(__file__).resolve().parent
+ROOT = PACKAGE.parent
+
+
+def resource_dir(name: str) -> Path:
+    """A top-level folder of the checkout, or its copy inside the package once installed."""
+    installed = PACKAGE / name
+    return installed if installed.is_dir() else ROOT / name
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -19,7 +26,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(
         __name__,
         instance_path=str(Config(config).BYOK_HOME),
-        template_folder=str(ROOT / "templates"),
+        template_folder=str(resource_dir("templates")),
         static_folder="static",
     )
     app.config.update(Config(config).as_flask())

@@ -8,13 +8,13 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from portal import ROOT
+from portal import resource_dir
 
 
 def alembic_config(url: str) -> AlembicConfig:
     """Return an Alembic configuration pointing at the project's migrations."""
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    cfg.set_main_option("script_location", str(resource_dir("migrations")))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 

@@ -90,8 +90,13 @@ def stop_embedded(home: Path, timeout: float = 10.0) -> bool:
 
 
 def init_app(app: Flask) -> None:
-    """Note the configured Redis; the embedded one starts on first use, not at import."""
+    """Note the configured Redis; the embedded one starts on the first request, not before.
+
+    Commands such as ``init`` build the app but never need Redis, so they start nothing.
+    """
     app.config["REDIS_EMBEDDED"] = not app.config.get("REDIS_URL")
+    if app.config["REDIS_EMBEDDED"]:
+        app.before_request(lambda: connect(app) and None)
 
 
 def connect(app: Flask) -> redis.Redis:

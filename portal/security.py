@@ -36,11 +36,12 @@ def init_app(app: Flask) -> None:
 
 
 def _storage_uri(app: Flask) -> str:
-    """Rate-limit counters live in the Redis the portal already uses."""
-    from portal.redis_conn import connect
+    """Rate-limit counters live in the Redis the portal already uses (started on demand)."""
+    from pathlib import Path
 
-    connect(app)  # resolves (and starts, if embedded) the Redis URL
-    url = app.config["REDIS_URL"]
+    from portal.redis_conn import embedded_url
+
+    url = app.config["REDIS_URL"] or embedded_url(Path(app.config["BYOK_HOME"]))
     return "redis+unix://" + url.removeprefix("unix://") if url.startswith("unix://") else url
 
 

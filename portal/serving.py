@@ -47,7 +47,12 @@ def make_queue(connection: Redis, name: str) -> Queue:
 
 
 def _work(burst: bool) -> None:
-    """Run one RQ worker with the scheduler inside the app's context."""
+    """Run one RQ worker (with the scheduler); after a Redis outage, reconnect and resume."""
+    import time
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
     from portal import create_app
     from portal.redis_conn import connect
 
@@ -59,30 +64,77 @@ def _work(burst: bool) -> None:
         set_app(app)
         connection = connect(app)
         queue = make_queue(connection, app.config["RQ_QUEUE"])
-        # The database is the source of truth: whatever Redis lost, a new worker re-queues.
-        resumed = resume_active_runs(app)
-        if resumed:
-            print(f"resumed rotation runs: {', '.join(resumed)}", flush=True)
-        Worker([queue], connection=connection, serializer=JSONSerializer).work(
-            burst=burst, with_scheduler=True
-        )
+        while True:
+            try:
+                # The database is the source of truth: whatever Redis lost is queued again.
+                resumed = resume_active_runs(app)
+                if resumed:
+                    print(f"resumed rotation runs: {', '.join(resumed)}", flush=True)
+                Worker([queue], connection=connection, serializer=JSONSerializer).work(
+                    burst=burst, with_scheduler=True
+                )
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                print(f"Redis unavailable ({type(exc).__name__}); retrying", flush=True)
+                time.sleep(1)
+
+
+def _watch(interval: float) -> None:
+    """The rotation watchdog, in its own process: independent of RQ's scheduler lock."""
+    import time
+
+    from portal import create_app
+
+    app = create_app()
+    from jobs.context import set_app
+    from jobs.rotation import watch_active_runs
+
+    set_app(app)
+    while True:
+        try:
+            watch_active_runs(app)
+        except Exception as exc:  # noqa: BLE001 - keep watching whatever one pass hit
+            print(f"watchdog pass failed: {type(exc).__name__}: {exc}", flush=True)
+        time.sleep(interval)
 
 
 def run_workers(count: int, burst: bool) -> None:
-    """Run ``count`` workers; with more than one, each in its own process."""
-    if count <= 1:
+    """Run ``count`` workers and a watchdog, each a process; restart any that dies."""
+    import time
+
+    if burst:
         _work(burst)
         return
-    procs = [multiprocessing.Process(target=_work, args=(burst,)) for _ in range(count)]
-    for proc in procs:
+    from portal.config import Config
+
+    interval = Config().ROTATION_WATCHDOG_SECONDS
+    stopping = False
+
+    def start(target, *args) -> multiprocessing.Process:
+        proc = multiprocessing.Process(target=target, args=args, daemon=False)
         proc.start()
+        return proc
+
+    procs = [(_work, (False,), start(_work, False)) for _ in range(max(1, count))]
+    procs.append((_watch, (interval,), start(_watch, interval)))
 
     def _stop(_signum: int, _frame: object) -> None:
-        for proc in procs:
+        nonlocal stopping
+        stopping = True
+        for _target, _args, proc in procs:
             if proc.is_alive():
                 proc.terminate()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    for proc in procs:
-        proc.join()
+    while not stopping:
+        for n, (target, args, proc) in enumerate(procs):
+            if not proc.is_alive() and not stopping:
+                print(
+                    f"{target.__name__} process {proc.pid} exited ({proc.exitcode}); restarting",
+                    flush=True,
+                )
+                procs[n] = (target, args, start(target, *args))
+        time.sleep(0.5)
+    for _target, _args, proc in procs:
+        proc.join(timeout=30)

@@ -162,17 +162,6 @@ def test_admin_rotates_from_the_wizard_watches_it_finish_and_support_watches_it_
     support_ctx.close()
 
 
-BUG_SUPPORT_SEES_WHO_STARTED = (
-    "BUG: support staff see the admin who started a run. templates/rotation/_progress.html "
-    "shows 'by an admin' to support (show_keys is False), but its History list prints "
-    "RotationEvent.message, which portal/rotation/service.py writes as 'Rotation started by "
-    "<email>: ...' (start_rotation; also 'Paused/Resumed by <email>' in control() and "
-    "'Retry ... started by <email>' in retry_failed()). Fix: keep the actor out of the "
-    "event message (store it in its own column and render it only when show_keys)."
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_SUPPORT_SEES_WHO_STARTED)
 def test_support_staff_watching_a_run_do_not_see_which_admin_started_it(
     demo_env, browser, demo_server, app
 ):

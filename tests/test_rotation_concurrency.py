@@ -262,17 +262,6 @@ def test_api_reads_and_writes_keep_working_through_a_rotation_and_edits_survive_
     assert all(everything[k] == v for k, v in before.items() if k not in traffic.edit_history)
 
 
-BUG_EDITED_ITEMS_NOT_COUNTED = (
-    "BUG: items that leave the old key during the run by another route (an edit through "
-    "PATCH /api/v1/messages/<id>) are never counted: the batch only selects rows still under "
-    "the old key (portal/rotation/engine.py select_batch), so a completed run reports "
-    "done < total (e.g. 5965 of 6040) in `rotation status`, the run page and the list, while "
-    "percent() is forced to 100. Fix: when verify_and_finish() completes a run, count those "
-    "items (e.g. set each kind's total to done + failed, or keep a 'moved by writes' count)."
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_EDITED_ITEMS_NOT_COUNTED)
 def test_a_completed_run_counts_an_item_edited_during_the_run_as_done(
     app, app_config, orgs, tmp_path
 ):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -47,14 +48,6 @@ from tests.rotation_helpers import b64, enable_byok, plaintext_digest
 MESSAGES = 20_000
 CONVERSATIONS = 60
 ATTACHMENTS = 40
-
-BUG_KILLED_RANGE_NEVER_RETAKEN = (
-    "BUG: after SIGKILL + restart the killed worker's range stays 'running' for ~10 min. "
-    "jobs/rotation.py enqueue_ranges()/resume_active_runs() queue only 'pending' ranges, and "
-    "the watchdog that resets stale ones is an RQ scheduled job: the dead worker's scheduler "
-    "lock (rq:scheduler-lock:<queue>, TTL 61 s) blocks the new worker's scheduler, which only "
-    "retries at RQ's 10-minute maintenance tick (portal/serving.py _work)."
-)
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +116,6 @@ def _assert_intact(app, env, seeded, run_id) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=BUG_KILLED_RANGE_NEVER_RETAKEN)
 def test_rotation_completes_after_workers_are_killed_at_random_points(
     app, app_config, seeded, workers, rng
 ):
@@ -215,25 +207,15 @@ def test_rotation_survives_a_redis_restart_that_loses_every_job_via_rotation_res
     print(f"Redis restarted; {stalled_at} -> {done_items(app, run_id)} items in 2 s before resume")
     resumed = cli(env, "rotation", "resume", str(run_id))
     assert resumed.returncode == 0, resumed.stderr
-    assert f"run {run_id} is running; 1 ranges queued" in resumed.stdout
+    # Workers now also re-queue from the database when Redis comes back, so the range may
+    # already be taken again by the time the command runs: it queues what is still pending.
+    assert re.search(rf"run {run_id} is running; \d+ ranges queued", resumed.stdout)
     run = wait_for_end(app, run_id, timeout=40, describe=lambda: worker.log()[-3000:])
     assert run.state == "completed", diagnose(app, run_id)
     _assert_intact(app, env, seeded, run_id)
 
 
-BUG_WORKER_DIES_WITH_REDIS = (
-    "BUG: `byok-portal worker` exits when Redis goes away while it runs a job: RQ's "
-    "Worker.work() gets a redis ConnectionError from monitor_work_horse()/get_status() and "
-    "quits ('found an unhandled exception, quitting'); portal/serving.py _work()/run_workers() "
-    "neither catch it nor start the worker again (nor does portal/demo.py for its worker), so "
-    "after a Redis restart every busy worker is gone and `rotation resume` queues jobs nobody "
-    "runs unless an idle worker happened to survive. Fix: in _work(), loop: run Worker.work(); "
-    "on ConnectionError wait for Redis, call resume_active_runs() and start a worker again."
-)
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=BUG_WORKER_DIES_WITH_REDIS)
 def test_a_worker_busy_with_a_range_outlives_a_redis_restart_and_finishes_the_run(
     private_redis, app, app_config, own_queue, seeded, workers, rng
 ):
@@ -245,7 +227,8 @@ def test_a_worker_busy_with_a_range_outlives_a_redis_restart_and_finishes_the_ru
     time.sleep(3)
     assert worker.alive, "the worker exited during the Redis outage"
     resumed = cli(env, "rotation", "resume", str(run_id))
-    assert resumed.returncode == 0, resumed.stderr
+    # The worker reconnects and re-queues by itself; it may have finished the run already.
+    assert resumed.returncode == 0 or "is completed" in resumed.stderr, resumed.stderr
     run = wait_for_end(app, run_id, timeout=40, describe=lambda: worker.log()[-3000:])
     assert run.state == "completed", diagnose(app, run_id)
     _assert_intact(app, env, seeded, run_id)

@@ -39,7 +39,7 @@ class RotationError(ops.KeyOperationError):
 
 
 def log_event(session: Session, run: RotationRun, message: str) -> None:
-    """Add a line to the run's own history."""
+    """Add a line to the run's own history (shown to support staff: steps, never people)."""
     session.add(RotationEvent(run_id=run.id, message=message))
 
 
@@ -174,7 +174,7 @@ def start_rotation(
     row = store_key(session, org.id, new, origin=origin, state="active", actor=label)
     forget_cached_keys()
     run = _new_run(session, org, actor, "rotation", [old.key_id], row.key_id)
-    log_event(session, run, f"Rotation started by {label}: {old.fingerprint} → {fp}")
+    log_event(session, run, f"Rotation started: {old.fingerprint} → {fp}")
     emit(
         session,
         "BYOK.rotation_started",
@@ -247,7 +247,7 @@ def control(session: Session, run: RotationRun, action: str, actor: Any) -> Rota
         )
     else:
         verb = "Paused" if action == "pause" else "Resumed"
-        log_event(session, run, f"{verb} by {ops.actor_label(actor)}")
+        log_event(session, run, verb)
     if action == "resume":
         session.execute(
             update(RotationRange)
@@ -295,7 +295,7 @@ def retry_failed(session: Session, run: RotationRun, actor: Any) -> RotationRun:
         .values(state="pending", cursor=None, worker=None, enqueued_at=None, failed=0)
     )
     run.state, run.finished_at = "running", None
-    log_event(session, run, f"Retry of failed items started by {ops.actor_label(actor)}")
+    log_event(session, run, "Retry of failed items started")
     emit(
         session,
         "BYOK.rotation_retry",
@@ -346,6 +346,7 @@ def verify_and_finish(session: Session, run: RotationRun) -> str:
         run.state = "running"
         log_event(session, run, f"Verification found {left - failed} items left; another pass")
         return run.state
+    _settle_totals(session, run)
     run.state, run.finished_at = "completed", utcnow()
     log_event(
         session,
@@ -364,6 +365,30 @@ def verify_and_finish(session: Session, run: RotationRun) -> str:
     if failed == 0:
         _retire(session, run, old)
     return run.state
+
+
+def _settle_totals(session: Session, run: RotationRun) -> None:
+    """Count as done the items that writes during the run already put under the new key."""
+    report = progress(session, run)
+    moved = []
+    for kind, figures in report.kinds.items():
+        by_writes = figures["total"] - figures["done"] - figures["failed"]
+        if by_writes <= 0:
+            continue
+        moved.append(f"{by_writes} {kind}")
+        first = session.scalar(
+            select(RotationRange)
+            .where(RotationRange.run_id == run.id, RotationRange.kind == kind)
+            .order_by(RotationRange.seq)
+            .limit(1)
+        )
+        first.done += by_writes
+    if moved:
+        log_event(
+            session,
+            run,
+            "Already under the new key through writes during the run: " + ", ".join(moved),
+        )
 
 
 def _retire(session: Session, run: RotationRun, old: list[str]) -> None:
