@@ -27,6 +27,14 @@ class PortalSessionInterface(SecureCookieSessionInterface):
         configured = bool(app.config.get("SESSION_COOKIE_SECURE"))
         return configured or (has_request_context() and request.is_secure)
 
+    def get_cookie_path(self, app: Flask) -> str:  # type: ignore[override]
+        """Scope the cookie to the portal's path prefix, not the whole host."""
+        from flask import has_request_context, request
+
+        if app.config.get("SESSION_COOKIE_PATH"):
+            return app.config["SESSION_COOKIE_PATH"]
+        return ((request.script_root if has_request_context() else "") or "") + "/"
+
 
 def init_app(app: Flask) -> None:
     """Install sessions, CSRF, login, proxy handling and error pages."""

@@ -298,7 +298,7 @@ def test_sign_in_wizard_and_rotation_behind_nginx_stay_under_the_prefix(browser,
             value,
         )
     # nginx saw the same: every request of the browser's pages (and the browser's own favicon
-    # probe, which Playwright does not report: see the xfail test below) was under /byok/.
+    # probe, which Playwright does not report: see the test below) was under /byok/.
     seen = proxied.browser_paths(log_start)
     unlogged = {urlsplit(u).path for u in requested} - {urlsplit(p).path for p in seen}
     assert not unlogged, f"requests nginx did not log: {unlogged}"
@@ -311,18 +311,7 @@ def test_sign_in_wizard_and_rotation_behind_nginx_stay_under_the_prefix(browser,
     context.close()
 
 
-BUG_FAVICON_OUTSIDE_PREFIX = (
-    "BUG: the browser fetches /favicon.ico from the root of the origin, outside /byok/: "
-    "templates/base.html (the <head>, after the stylesheet link on line 9) declares no icon, so "
-    "Chromium asks for /favicon.ico (a 404 from nginx, or another application's file on a "
-    'shared host). Fix: declare one under the prefix, e.g. <link rel="icon" '
-    "href=\"{{ url_for('static', filename='favicon.svg') }}\"> with a file in portal/static/, "
-    'or <link rel="icon" href="data:,"> for none (img-src already allows data:).'
-)
-
-
 @pytest.mark.browser
-@pytest.mark.xfail(strict=True, reason=BUG_FAVICON_OUTSIDE_PREFIX)
 def test_the_browser_asks_nginx_for_nothing_outside_the_prefix(browser, proxied):
     import time
 
@@ -417,18 +406,6 @@ def test_forged_forwarded_headers_are_not_believed_through_nginx(proxied):
     assert (bare.status, bare.headers["Location"]) == (301, portal.url)
 
 
-BUG_COOKIE_PATH = (
-    "BUG: behind a path prefix the session cookie is set with Path=/, so the browser sends it to "
-    "every other application on the same host (and theirs can overwrite it). "
-    "portal/web.py PortalSessionInterface (line 20) overrides get_cookie_secure but not "
-    "get_cookie_path, and Flask's default is SESSION_COOKIE_PATH or APPLICATION_ROOT ('/'), "
-    "never the X-Forwarded-Prefix. Fix: add get_cookie_path returning "
-    "app.config['SESSION_COOKIE_PATH'] if set, else (request.script_root or '') + '/' "
-    "inside a request context (the same method is used when the cookie is deleted)."
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_COOKIE_PATH)
 def test_the_session_cookie_is_scoped_to_the_prefix(proxied):
     page = proxied.portal.request("GET", f"{PREFIX}/login")
     cookie = next(h for h in page.headers.get_all("Set-Cookie") or [] if h.startswith("session="))
@@ -449,53 +426,30 @@ def test_deploy_guide_shows_the_nginx_site_this_test_runs():
     assert "TRUSTED_PROXY_COUNT=1" in guide
 
 
-BUG_WHEEL_WITHOUT_TEMPLATES = (
-    "BUG: a regular install (`python3 -m pip install .`, i.e. the wheel) contains neither "
-    "templates/ nor migrations/: pyproject.toml packages only portal* and jobs* with "
-    "package-data 'static/*', while portal/__init__.py (ROOT, line 10; template_folder, line 22) "
-    "and portal/migrate.py (script_location, line 17) read them from the parent of the package, "
-    "which is site-packages once installed. `byok-portal init` then fails with alembic's "
-    "'Path doesn't exist: .../site-packages/migrations' and every page with TemplateNotFound. "
-    "Fix: move templates/ and migrations/ into the package (portal/templates, "
-    "portal/migrations), point create_app and alembic_config there and list them in "
-    "[tool.setuptools.package-data] (portal = ['static/*', 'templates/**/*', "
-    "'migrations/**/*']); docs/deploy.md can then drop its editable-install requirement."
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_WHEEL_WITHOUT_TEMPLATES)
 def test_a_regular_install_ships_the_templates_and_migrations(tmp_path):
-    import tomllib
+    """Build the real wheel: an operator's `pip install .` must carry every template,
+    migration and static file, under the package."""
+    import subprocess
+    import sys
+    import zipfile
 
-    import portal
-    from portal.migrate import alembic_config
-
-    package = Path(portal.__file__).resolve().parent
-    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    shipped = {
-        path.resolve()
-        for pattern in setuptools.get("package-data", {}).get("portal", [])
-        for path in package.glob(pattern)
-    }
-    app = create_app({"BYOK_HOME": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:9/0"})
-    templates = Path(app.jinja_loader.searchpath[0]).resolve()
-    migrations = Path(alembic_config("sqlite://").get_main_option("script_location")).resolve()
-    needed = [p for p in templates.rglob("*.html")] + [
-        p for p in migrations.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-    ]
-    assert needed
-    missing = [
-        str(p.relative_to(ROOT))
-        for p in needed
-        if not (p.is_relative_to(package) and (p in shipped or _in_a_package(p, package)))
-    ]
-    assert not missing, f"not in the wheel: {missing[:5]} (and {max(0, len(missing) - 5)} more)"
-
-
-def _in_a_package(path: Path, package: Path) -> bool:
-    """Tell whether a .py file sits in a Python package below ``package`` (always shipped)."""
-    return path.suffix == ".py" and all(
-        (folder / "__init__.py").exists()
-        for folder in [path.parent, *path.parent.parents]
-        if folder.is_relative_to(package)
+    out = tmp_path / "wheel"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
+    (wheel,) = out.glob("byok_portal-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    needed = {
+        f"portal/templates/{p.relative_to(ROOT / 'templates')}"
+        for p in (ROOT / "templates").rglob("*.html")
+    }
+    needed |= {
+        f"portal/migrations/{p.relative_to(ROOT / 'migrations')}"
+        for p in (ROOT / "migrations").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    needed |= {f"portal/static/{p.name}" for p in (ROOT / "portal/static").iterdir()}
+    assert needed and not needed - names, sorted(needed - names)[:5]
