@@ -166,6 +166,8 @@ class Keyring:
         if any(len(i) != KEY_ID_BYTES for i in self._unavailable):
             raise ValueError(f"unavailable keys are given by their {KEY_ID_BYTES}-byte key id")
         self._by_prefix = {HEADER + kid: aead for kid, aead in self._aeads.items()}
+        # Bound decrypt methods, looked up once: small values are dominated by Python overhead.
+        self._decrypt_by_prefix = {p: aead.decrypt for p, aead in self._by_prefix.items()}
 
     def _add(self, key: bytes) -> bytes:
         """Register a key for decryption and return its id."""
@@ -215,18 +217,16 @@ class Keyring:
         # One lookup on header + key id both checks the format and picks the key; this matters
         # because for small values the per-call Python work is comparable to AES-GCM itself.
         try:
-            aead = self._by_prefix[blob[:_NONCE_AT]]
+            decrypt = self._decrypt_by_prefix[blob[:_NONCE_AT]]
         except (KeyError, TypeError):
-            aead = self._lookup(blob)
-        size = len(blob)
-        if size < _DECRYPT_VIEW_MIN:
-            if size < OVERHEAD:
-                _check_framing(blob)
-        else:
-            blob = memoryview(blob)
+            decrypt = self._lookup(blob).decrypt
+        if len(blob) >= _DECRYPT_VIEW_MIN:
+            blob = memoryview(blob)  # no copy of a large body
         try:
-            return aead.decrypt(blob[_NONCE_AT:_BODY_AT], blob[_BODY_AT:], aad)
-        except InvalidTag:
+            return decrypt(blob[_NONCE_AT:_BODY_AT], blob[_BODY_AT:], aad)
+        except (InvalidTag, ValueError):
+            # Too short to hold a nonce and a tag is malformed; anything else failed the tag.
+            _check_framing(blob)
             raise DecryptionError("integrity", bytes(blob[_KEY_ID_AT:_NONCE_AT])) from None
 
     def _lookup(self, blob: BytesLike) -> AESGCM:
