@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from flask import current_app, has_app_context, has_request_context, request
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from portal.audit.models import PLATFORM_CHAIN, AuditEvent, AuditHead
@@ -143,14 +143,3 @@ def _advance_head(session: Session, chain_id: uuid.UUID) -> tuple[int, str]:
     with session.begin_nested():
         session.add(AuditHead(chain_id=chain_id, seq=1, hash=GENESIS))
     return 1, GENESIS
-
-
-def latest_events(session: Session, company_id: uuid.UUID, limit: int = 50) -> list[AuditEvent]:
-    """Return an organisation's newest events."""
-    query = (
-        select(AuditEvent)
-        .where(AuditEvent.company_id == company_id)
-        .order_by(AuditEvent.id.desc())
-        .limit(limit)
-    )
-    return list(session.scalars(query))

@@ -23,6 +23,8 @@ class AuditEvent(Base):
         Index("ix_audit_company_time", "company_id", "occurred_at", "id"),
         Index("ix_audit_company_category", "company_id", "category", "id"),
         Index("ix_audit_company_actor", "company_id", "actor_label", "id"),
+        # A rare action (e.g. auth.reauth_failed) would otherwise be hunted through its category.
+        Index("ix_audit_company_action", "company_id", "action", "id"),
     )
 
     id: Mapped[int] = mapped_column(
