@@ -298,3 +298,28 @@ def test_watchdog_records_progress_milestones_once(app, orgs):
         "Progress: 25% of items re-encrypted",
         "Progress: 50% of items re-encrypted",
     ]
+
+
+def test_large_attachments_are_split_into_ranges_by_size(app, orgs, monkeypatch):
+    from portal.rotation.models import RotationRange
+
+    monkeypatch.setattr(service, "BYTES_PER_RANGE", 4096)
+    org_a = orgs["a"]["id"]
+    old = enable_byok(app, org_a)
+    seed(app, org_a, conversations=3, messages=1, attachments=2, attachment_bytes=3000)
+    new = crypto.generate_key()
+    run_id = _start(app, org_a, old, new)
+    with app.app_context():
+        kinds = [
+            r.kind
+            for r in get_session().scalars(
+                select(RotationRange).where(RotationRange.run_id == run_id)
+            )
+        ]
+    # Six attachments of 3,000 bytes: 18,000 bytes in ranges of 4,096 bytes -> 5 ranges.
+    assert kinds.count("attachments") == 5
+    assert kinds.count("messages") == 1
+    run_worker(app)
+    with app.app_context():
+        assert get_session().get(RotationRun, run_id).state == "completed"
+    assert key_ids(app, org_a) == {crypto.key_id(new).hex()}

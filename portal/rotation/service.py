@@ -30,6 +30,7 @@ from portal.rotation.models import (
 )
 
 ITEMS_PER_RANGE = 25_000
+BYTES_PER_RANGE = 64 * 1024 * 1024
 MAX_RANGES = 32
 MAX_PASSES = 3
 
@@ -118,11 +119,27 @@ def count_items(session: Session, company_id: uuid.UUID, key_ids: list[str]) -> 
     return out
 
 
+def _attachment_bytes(session: Session, run: RotationRun) -> int:
+    """Bytes of attachment content the run will move (attachments are split by size too)."""
+    from portal.chat.models import Attachment
+
+    total = session.scalar(
+        select(func.coalesce(func.sum(Attachment.size), 0)).where(
+            Attachment.company_id == run.company_id,
+            Attachment.key_id.in_(run.old_key_ids.split(",")),
+        )
+    )
+    return int(total or 0)  # PostgreSQL's SUM of bigint is a numeric (Decimal)
+
+
 def plan_ranges(session: Session, run: RotationRun) -> None:
     """Split each kind's work into primary-key ranges that workers can take in parallel."""
     for kind in DATA_KINDS:
         total = getattr(run, f"{kind}_total")
-        parts = max(1, min(MAX_RANGES, -(-total // ITEMS_PER_RANGE)))
+        parts = -(-total // ITEMS_PER_RANGE)
+        if kind == "attachments":
+            parts = max(parts, -(-_attachment_bytes(session, run) // BYTES_PER_RANGE))
+        parts = max(1, min(MAX_RANGES, parts))
         step = (1 << 128) // parts
         for seq in range(parts):
             lo = uuid.UUID(int=seq * step) if seq else None
