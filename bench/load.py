@@ -188,6 +188,8 @@ def main() -> None:
         "REDIS_URL": redis_url,
         "BYOK_HOME": home,
         "BYOK_MASTER_KEY": master,
+        # A queue of its own: no other worker on this Redis can take (and lose) its jobs.
+        "RQ_QUEUE": f"bench-{os.getpid()}",
     }
     env = {
         **os.environ,

@@ -219,6 +219,8 @@ def main() -> None:
         "REDIS_URL": redis_url,
         "BYOK_HOME": home,
         "BYOK_MASTER_KEY": master,
+        # A queue of its own: no other worker on this Redis can take (and lose) its jobs.
+        "RQ_QUEUE": f"bench-{os.getpid()}",
     }
     try:
         engine = make_engine(url)
@@ -230,6 +232,7 @@ def main() -> None:
                 "REDIS_URL": redis_url,
                 "BYOK_HOME": home,
                 "BYOK_MASTER_KEY": master,
+                "RQ_QUEUE": env["RQ_QUEUE"],
             }
         )
         from portal.keys import operations as ops
