@@ -26,6 +26,8 @@ _KEY_ID_AT = len(HEADER)
 _NONCE_AT = _KEY_ID_AT + KEY_ID_BYTES
 _BODY_AT = _NONCE_AT + NONCE_BYTES
 OVERHEAD = _BODY_AT + TAG_BYTES
+# Where the nonce sits in a ciphertext (public: rotation compares it to detect rewrites).
+NONCE_AT, BODY_AT = _NONCE_AT, _BODY_AT
 
 AD_PREFIX = b"byok-ad\x01"
 _AD_FIELD_MAX = 0xFFFF

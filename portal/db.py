@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from datetime import UTC, datetime
 
@@ -52,13 +51,6 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
-    # PostgreSQL has sha256(); rotation's compare-and-swap uses the same SQL on SQLite.
-    dbapi_connection.create_function("sha256", 1, _sha256, deterministic=True)
-
-
-def _sha256(value: bytes | None) -> bytes | None:
-    """SHA-256 digest for SQLite, as PostgreSQL's sha256(bytea) returns it."""
-    return None if value is None else hashlib.sha256(value).digest()
 
 
 def make_engine(url: str) -> Engine:
