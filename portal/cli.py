@@ -87,6 +87,34 @@ def create_user_cmd(email: str, org_slug: str | None, role: str, password_stdin:
         click.echo(f"created {user.role} {user.email}")
 
 
+@main.command("set-password")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def set_password_cmd(email: str, password_stdin: bool) -> None:
+    """Change a user's password; the user's existing sessions stop working."""
+    from portal.auth.services import UserError, set_password
+    from portal.events import emit
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    with app_session() as (_app, db):
+        try:
+            user = set_password(db, email, password)
+        except UserError as exc:
+            fail(str(exc))
+        emit(
+            db,
+            "auth.password_changed",
+            actor="cli",
+            company_id=user.company_id,
+            details={"user": user.email},
+        )
+        db.commit()
+        click.echo(f"password changed for {user.email}; their sessions are signed out")
+
+
 @main.command()
 @click.option("--bind", default="127.0.0.1:8000", show_default=True)
 @click.option("--workers", type=int, default=None, help="Defaults to 2 x CPUs + 1.")

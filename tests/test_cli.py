@@ -126,3 +126,25 @@ def test_migrations_upgrade_from_empty(services, tmp_path):
         engine.dispose()
         if name:
             _drop_pg_database(os.environ["TEST_DATABASE_URL"], name)
+
+
+def test_set_password_signs_out_existing_sessions(cli_env, client, orgs):
+    from tests.conftest import login
+
+    assert login(client, orgs["users"]["admin_a"]).status_code == 302
+    assert client.get("/settings/compliance").status_code == 200
+    changed = run_cli(
+        cli_env,
+        "set-password",
+        orgs["users"]["admin_a"],
+        "--password-stdin",
+        stdin="a brand new passphrase\n",
+    )
+    assert changed.returncode == 0, changed.stderr
+    assert client.get("/settings/compliance").status_code == 302  # the old cookie is dead
+    assert login(client, orgs["users"]["admin_a"]).status_code == 401  # old password too
+    assert login(client, orgs["users"]["admin_a"], "a brand new passphrase").status_code == 302
+    short = run_cli(
+        cli_env, "set-password", orgs["users"]["admin_a"], "--password-stdin", stdin="short\n"
+    )
+    assert short.returncode == 1 and "at least 10" in short.stderr

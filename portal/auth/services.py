@@ -59,3 +59,15 @@ def create_user(
     session.add(user)
     session.flush()
     return user
+
+
+def set_password(session: Session, email: str, password: str) -> User:
+    """Replace a user's password; every session opened with the old one ends."""
+    user = session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
+    if user is None:
+        raise UserError(f"no user with email {email}")
+    if len(password) < 10:
+        raise UserError("the password must be at least 10 characters")
+    user.password_hash = hash_password(password)
+    user.rotate_session_token()
+    return user
