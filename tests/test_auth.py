@@ -143,6 +143,9 @@ def test_next_with_a_backslash_cannot_leave_the_site(client, orgs):
 
 def test_next_keeps_the_path_prefix_behind_a_proxy(app, orgs):
     app.config["TRUSTED_PROXY_COUNT"] = 1
+    # The test client's cookie jar sees /login, not /byok/login, so it would not send a
+    # cookie scoped to /byok/; the cookie's path is checked through real nginx instead.
+    app.config["SESSION_COOKIE_PATH"] = "/"
     from werkzeug.middleware.proxy_fix import ProxyFix
 
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_prefix=1)
