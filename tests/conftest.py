@@ -316,3 +316,29 @@ def demo_server(app, app_config) -> Iterator[Demo]:
         yield demo
     finally:
         stop_demo(demo)
+
+
+def run_cli(env: dict, *args: str, stdin: str | None = None):
+    """Run ``byok-portal`` (as ``python -m portal.cli``) with extra environment."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "portal.cli", *args],
+        env={**os.environ, **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def cli_env(app, app_config) -> dict:
+    """Environment pointing the command at this test's services."""
+    return {
+        "BYOK_HOME": app_config["BYOK_HOME"],
+        "DATABASE_URL": app_config["DATABASE_URL"],
+        "REDIS_URL": app_config["REDIS_URL"],
+        "BYOK_MASTER_KEY": app_config["BYOK_MASTER_KEY"],
+    }

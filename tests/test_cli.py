@@ -3,38 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
-import pytest
 from sqlalchemy import inspect
 
 from portal.db import make_engine
 from portal.migrate import current_revision, head_revision, upgrade
-from tests.conftest import PASSWORD, _create_pg_database, _drop_pg_database
-
-
-def run_cli(env: dict, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """Run ``byok-portal`` with the given environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "portal.cli", *args],
-        env={**os.environ, **env},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-@pytest.fixture
-def cli_env(app, app_config) -> dict:
-    """Environment pointing the command at the test services."""
-    return {
-        "BYOK_HOME": app_config["BYOK_HOME"],
-        "DATABASE_URL": app_config["DATABASE_URL"],
-        "REDIS_URL": app_config["REDIS_URL"],
-        "BYOK_MASTER_KEY": app_config["BYOK_MASTER_KEY"],
-    }
+from tests.conftest import PASSWORD, _create_pg_database, _drop_pg_database, run_cli
 
 
 def test_help_lists_every_command(cli_env):

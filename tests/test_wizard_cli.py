@@ -7,15 +7,13 @@ Same service code as the web wizard, so the same checks, messages and audit even
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 from flask import Flask
 
 from portal.chat.models import Message
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, run_cli
 from tests.test_wizard import (
     INVALID_KEYS,
     REQUIRED_MESSAGE,
@@ -34,28 +32,10 @@ from tests.test_wizard import (
 )
 
 
-def run_cli(env: dict, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """Run ``byok-portal`` with the given environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "portal.cli", *args],
-        env={**os.environ, **env},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.fixture
-def cli_env(app, app_config) -> dict:
-    """Environment pointing the command at the test services."""
-    return {
-        "BYOK_HOME": app_config["BYOK_HOME"],
-        "DATABASE_URL": app_config["DATABASE_URL"],
-        "REDIS_URL": app_config["REDIS_URL"],
-        "BYOK_MASTER_KEY": app_config["BYOK_MASTER_KEY"],
-        "BYOK_DEPLOYMENT": "shared",
-    }
+def cli_env(cli_env) -> dict:
+    """The shared CLI environment, pinned to the shared deployment mode."""
+    return {**cli_env, "BYOK_DEPLOYMENT": "shared"}
 
 
 def status(env: dict, slug: str) -> dict:
