@@ -58,8 +58,6 @@ def init_app(app: Flask) -> None:
     def _vary(response):
         """Responses differ by session and by htmx; say so to every cache."""
         add_vary(response, "Cookie", "HX-Request")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
         return response
 
     app.register_error_handler(CSRFError, _csrf_error)

@@ -19,7 +19,6 @@ from portal.keys.models import OrgKey
 from portal.keys.runs import run_in_progress
 from portal.keys.service import forget_cached_keys, load_keys, mark_state, store_key
 from portal.models import Organization
-from portal.rotation.engine import KINDS
 from portal.rotation.models import (
     ACTIVE_RUN_STATES,
     DATA_KINDS,
@@ -542,6 +541,3 @@ def keyring_for_run(session: Session, run: RotationRun) -> crypto.Keyring:
     ):
         raise RotationError("The run's new key is not the organisation's active key.")
     return loaded.keyring
-
-
-__all__ = ["KINDS", "Progress", "RotationError"]
