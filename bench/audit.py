@@ -11,8 +11,8 @@ Timed: the view's own database work (portal.audit.filters.load_page: the page qu
 "is there a newer page" probe when paging), warm, 50 runs per filter with a random
 organisation and values; half the runs page from a random event of that organisation. Date
 ranges are 1 to 31 days anywhere in the seeded year; "action" includes two rare actions. Also
-timed: verifying one organisation's chain (portal.audit.chain.verify_chain) and streaming its
-whole JSON Lines export (rows per second, and the peak Python memory of the stream). The last
+timed: verifying an organisation's chain (portal.audit.chain.verify_chain; three organisations,
+each once, median and slowest printed) and streaming one organisation's whole JSON Lines export (rows per second, and the peak Python memory of the stream). The last
 line is a JSON object of the figures.
 """
 
@@ -146,9 +146,11 @@ def seed(engine, events: int, orgs: int, signing_key: bytes) -> list[Org]:
         raw.commit()
     finally:
         raw.close()
-    # What autovacuum does to an append-only table: statistics and a visibility map.
+    # What autovacuum does to an append-only table: statistics and a visibility map. Then a
+    # checkpoint, so the timings below do not pay for writing out the seed's dirty pages.
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE audit_events"))
+        conn.execute(text("CHECKPOINT"))
     return found
 
 
@@ -203,19 +205,17 @@ def explain(engine, org: Org) -> None:
         print("\n".join(f"   {line}" for line in plan[:8]))
 
 
-def time_verify(engine, org: Org, signing_key: bytes) -> tuple[float | None, str]:
+def time_verify(engine, org: Org, signing_key: bytes) -> float:
     """Verify one organisation's chain with portal.audit.chain.verify_chain; events per second."""
-    try:
-        from portal.audit.chain import verify_chain
-    except ImportError:
-        return None, "portal.audit.chain is not there yet: verification not measured"
+    from portal.audit.chain import verify_chain
+
     with Session(engine) as session:
         began = time.perf_counter()
         result = verify_chain(session, org.id, signing_key)
         elapsed = time.perf_counter() - began
-    if not result.ok:
-        return None, f"verification failed: {result}"
-    return result.checked / elapsed, f"verified {result.checked} events in {elapsed:.2f} s"
+    assert result.ok, f"verification failed: {result}"
+    print(f"verified {result.checked} events of org {org.id} in {elapsed:.2f} s")
+    return result.checked / elapsed
 
 
 def time_export(engine, org: Org) -> tuple[int, int]:
@@ -268,16 +268,20 @@ def main() -> None:
             p50, p95 = figures["filter_p50_ms"][kind], figures["filter_p95_ms"][kind]
             worst = max(timings[kind])
             print(f"filter {kind:<10} p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  max {worst:7.2f} ms")
-        rate, note = time_verify(engine, found[0], signing_key)
-        print(note)
+        # Three organisations, each verified once (its chain read for the first time): the
+        # figure is the median, and the slowest is printed beside it.
+        rates = sorted(time_verify(engine, org, signing_key) for org in found[:3])
+        rate = rates[1]
+        print(f"verify: median {rate:.0f} events/s, slowest {rates[0]:.0f} events/s")
         figures["export_rows_per_s"], figures["export_peak_kib"] = time_export(engine, found[0])
         print(
             f"export of {len(found[0].ids)} events: {figures['export_rows_per_s']} rows/s, "
             f"peak {figures['export_peak_kib']} KiB"
         )
-        figures["verify_events_per_s"] = round(rate) if rate else None
+        figures["verify_events_per_s"] = round(rate)
+        figures["verify_slowest_events_per_s"] = round(rates[0])
         figures["targets_met"] = bool(
-            max(figures["filter_p95_ms"].values()) <= 50 and rate and rate >= 50_000
+            max(figures["filter_p95_ms"].values()) <= 50 and rate >= 50_000
         )
     finally:
         engine.dispose()

@@ -20,13 +20,54 @@ GENESIS = "0" * 64
 OUTCOMES = ("success", "failure", "denied")
 
 
-# Built once: json.dumps with options builds a new encoder per call, which dominated verify.
+# Built once: json.dumps with options builds a new encoder per call.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# The string encoder that encoder uses for every string (the C one where available).
+_QUOTE = json.encoder.encode_basestring
 
 
 def canonical(event: dict[str, Any]) -> bytes:
-    """Encode the hashed fields of an event canonically (sorted keys, no spaces, UTF-8)."""
+    """Encode the hashed fields of an event canonically (sorted keys, no spaces, UTF-8).
+
+    This is the definition (docs/format.md); ``chain_bytes`` builds the same bytes faster.
+    """
     return _CANONICAL.encode(event).encode()
+
+
+def _q(value: str | None) -> str:
+    """One JSON string (or null), exactly as the canonical encoder writes it."""
+    return "null" if value is None else _QUOTE(value)
+
+
+def chain_bytes(
+    chain_id: str,
+    seq: int,
+    company_id: str | None,
+    occurred_at: str,
+    actor_type: str,
+    actor_id: str | None,
+    actor_label: str,
+    action: str,
+    outcome: str,
+    source_ip: str | None,
+    user_agent: str | None,
+    details: str,
+    prev_hash: str,
+) -> bytes:
+    """``canonical()`` of the hashed fields, written out directly in sorted key order.
+
+    Every field is a string (or null) except ``seq``, so the encoding is a fixed template:
+    verifying a chain spends its time here, and a dict plus a generic encoder per event was
+    half of that. A property test holds it equal to ``canonical()``.
+    """
+    return (
+        f'{{"action":{_q(action)},"actor_id":{_q(actor_id)},"actor_label":{_q(actor_label)},'
+        f'"actor_type":{_q(actor_type)},"chain_id":{_q(chain_id)},'
+        f'"company_id":{_q(company_id)},"details":{_q(details)},'
+        f'"occurred_at":{_q(occurred_at)},"outcome":{_q(outcome)},'
+        f'"prev_hash":{_q(prev_hash)},"seq":{int(seq)},"source_ip":{_q(source_ip)},'
+        f'"user_agent":{_q(user_agent)}}}'
+    ).encode()
 
 
 def hashed_fields(ev: AuditEvent) -> dict[str, Any]:
@@ -35,7 +76,7 @@ def hashed_fields(ev: AuditEvent) -> dict[str, Any]:
         "chain_id": str(ev.chain_id),
         "seq": ev.seq,
         "company_id": str(ev.company_id) if ev.company_id else None,
-        "occurred_at": _iso(ev.occurred_at),
+        "occurred_at": iso_time(ev.occurred_at),
         "actor_type": ev.actor_type,
         "actor_id": ev.actor_id,
         "actor_label": ev.actor_label,
@@ -48,14 +89,14 @@ def hashed_fields(ev: AuditEvent) -> dict[str, Any]:
     }
 
 
-def _iso(moment: datetime) -> str:
+def iso_time(moment: datetime) -> str:
     """Format a time as UTC ISO 8601 whether or not the database kept its zone."""
     return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def event_hash(ev: AuditEvent) -> str:
-    """Return the SHA-256 chain hash of an event."""
-    return hashlib.sha256(canonical(hashed_fields(ev))).hexdigest()
+    """Return the SHA-256 chain hash of an event (or of anything with its columns)."""
+    return hashlib.sha256(chain_bytes(**hashed_fields(ev))).hexdigest()
 
 
 def sign_head(signing_key: bytes | None, chain_id: uuid.UUID, seq: int, head: str) -> str | None:

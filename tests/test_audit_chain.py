@@ -8,12 +8,14 @@ import sys
 from datetime import timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Uuid, bindparam, select, text
 
 from portal.audit.chain import prune, verify_all, verify_chain
 from portal.audit.models import AuditEvent, AuditHead
 from portal.db import get_session, utcnow
-from portal.events import emit
+from portal.events import canonical, chain_bytes, emit, event_hash
 
 
 def _seed(app, company_id, n: int = 10) -> list[int]:
@@ -113,8 +115,6 @@ def test_a_truncated_tail_is_detected(app, orgs):
 
 
 def test_a_fully_rehashed_chain_is_detected_by_the_head_signature(app, orgs):
-    from portal.audit.chain import _row_hash
-
     company = orgs["a"]["id"]
     ids = _seed(app, company)
     _attack(app, "UPDATE audit_events SET actor_label = 'forger' WHERE id = :i", i=ids[1])
@@ -128,7 +128,7 @@ def test_a_fully_rehashed_chain_is_detected_by_the_head_signature(app, orgs):
         ):
             if prev is not None:
                 ev.prev_hash = prev
-            ev.hash = _row_hash(ev)
+            ev.hash = event_hash(ev)
             prev = ev.hash
         db.flush()
         head = db.get(AuditHead, company)
@@ -171,7 +171,6 @@ def test_pruning_keeps_the_chain_verifiable_behind_a_signed_checkpoint(app, orgs
     with app.app_context():
         db = get_session()
         _bypass_triggers(db)
-        from portal.audit.chain import _row_hash
         from portal.events import sign_head
 
         prev = None
@@ -180,7 +179,7 @@ def test_pruning_keeps_the_chain_verifiable_behind_a_signed_checkpoint(app, orgs
         ):
             if prev is not None:
                 ev.prev_hash = prev
-            ev.hash = _row_hash(ev)
+            ev.hash = event_hash(ev)
             prev = ev.hash
         head = db.get(AuditHead, company)
         head.hash = prev
@@ -298,3 +297,53 @@ def test_a_chain_of_100k_events_verifies(app, orgs):
         db.commit()
         results = verify_all(db, key, company)
     assert results[0].ok and results[0].checked == n
+
+
+_maybe_text = st.none() | st.text()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.fixed_dictionaries(
+        {
+            "chain_id": st.uuids().map(str),
+            "seq": st.integers(min_value=1, max_value=2**62),
+            "company_id": st.none() | st.uuids().map(str),
+            "occurred_at": st.datetimes().map(lambda t: t.isoformat(timespec="microseconds")),
+            "actor_type": st.text(),
+            "actor_id": _maybe_text,
+            "actor_label": st.text(),
+            "action": st.text(),
+            "outcome": st.text(),
+            "source_ip": _maybe_text,
+            "user_agent": _maybe_text,
+            "details": st.text(),
+            "prev_hash": st.text(),
+        }
+    )
+)
+def test_the_fast_encoding_is_byte_for_byte_the_canonical_json(fields):
+    """chain_bytes() is an optimisation of canonical(): they may never disagree."""
+    assert chain_bytes(**fields) == canonical(fields)
+
+
+def test_events_with_awkward_text_and_times_verify(app, orgs):
+    """Quotes, escapes, control characters and non-ASCII survive the database round trip."""
+    company = orgs["a"]["id"]
+    awkward = 'é "quoted" \\ back\tslash \x01 \u2028 🙂 </script>'
+    with app.test_request_context(
+        "/", headers={"User-Agent": awkward}, environ_base={"REMOTE_ADDR": "2001:db8::1"}
+    ):
+        db = get_session()
+        for _ in range(3):
+            emit(db, "BYOK.key_test", actor=awkward, company_id=company, details={"k": awkward})
+        db.commit()
+    with app.app_context():
+        db = get_session()
+        stored = db.scalars(
+            select(AuditEvent).where(
+                AuditEvent.chain_id == company, AuditEvent.actor_label == awkward
+            )
+        ).all()
+        assert len(stored) == 3 and {ev.user_agent for ev in stored} == {awkward}
+    assert _verify(app, company).ok

@@ -14,13 +14,19 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from portal.audit.models import AuditCheckpoint, AuditEvent, AuditHead
-from portal.events import GENESIS, canonical, emit, sign_head
+from portal.events import GENESIS, chain_bytes, emit, iso_time, sign_head
 
-# The columns a chain hash covers, in the order hashed_fields() names them.
-HASHED = (
-    "chain_id", "seq", "company_id", "occurred_at", "actor_type", "actor_id", "actor_label",
-    "action", "outcome", "source_ip", "user_agent", "details", "prev_hash",
+# Verification reads each chain row as plain values in chain_bytes() argument order (after
+# chain_id), then the stored hash and id: no ORM objects, UUID or type-decorator work per row.
+_CHAIN_COLUMNS = (
+    AuditEvent.actor_type, AuditEvent.actor_id, AuditEvent.actor_label, AuditEvent.action,
+    AuditEvent.outcome, AuditEvent.source_ip, AuditEvent.user_agent, AuditEvent.details,
+    AuditEvent.prev_hash, AuditEvent.hash, AuditEvent.id,
 )  # fmt: skip
+# PostgreSQL formats the time exactly as iso_time() does, which saves a datetime per row.
+_PG_TIME = func.to_char(
+    func.timezone("UTC", AuditEvent.occurred_at), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
+)
 
 
 @dataclass
@@ -40,34 +46,6 @@ class VerifyResult:
             return f"chain {self.chain_id}: ok, {self.checked} events"
         where = f"event id {self.event_id} (seq {self.seq})" if self.event_id else f"seq {self.seq}"
         return f"chain {self.chain_id}: BROKEN at {where}: {self.reason}"
-
-
-def _row_hash(row, chain_id: str | None = None, company_id: str | None = None) -> str:
-    """Recompute an event's chain hash from its stored columns.
-
-    A chain's id and organisation are the same for all its events: verification passes them
-    in once instead of converting them on every row.
-    """
-    if chain_id is None:
-        chain_id = str(row.chain_id)
-        company_id = str(row.company_id) if row.company_id else None
-    fields = {
-        "chain_id": chain_id,
-        "seq": row.seq,
-        "company_id": company_id,
-        "occurred_at": row.occurred_at.replace(tzinfo=None).isoformat(timespec="microseconds")
-        + "Z",
-        "actor_type": row.actor_type,
-        "actor_id": row.actor_id,
-        "actor_label": row.actor_label,
-        "action": row.action,
-        "outcome": row.outcome,
-        "source_ip": row.source_ip,
-        "user_agent": row.user_agent,
-        "details": row.details,
-        "prev_hash": row.prev_hash,
-    }
-    return hashlib.sha256(canonical(fields)).hexdigest()
 
 
 def _signature_ok(
@@ -104,45 +82,44 @@ def verify_chain(
                 "the pruning checkpoint's signature does not match",
             )
         prev, seq = checkpoint.hash, checkpoint.seq + 1
-    varying = [name for name in HASHED if name not in ("chain_id", "company_id")]
-    columns = [getattr(AuditEvent, name) for name in varying] + [AuditEvent.id, AuditEvent.hash]
     chain_text = str(chain_id)
     # Each chain is one organisation's (or the platform's, which has none).
     company_text = None if chain_id.int == 0 else chain_text
+    as_text = session.get_bind().dialect.name == "postgresql"
+    time_column = _PG_TIME if as_text else AuditEvent.occurred_at
     query = (
-        select(*columns)
+        select(AuditEvent.seq, time_column, *_CHAIN_COLUMNS)
         .where(AuditEvent.chain_id == chain_id)
         .order_by(AuditEvent.seq)
         .execution_options(yield_per=5000)
     )
+    rows = session.connection().execute(query)
+    sha256 = hashlib.sha256
     checked, last_id = 0, None
-    for row in session.execute(query):
-        if row.seq != seq:
+    for row in rows:
+        row_seq, at, actor_type, actor_id, label, action, outcome, ip, agent, details = row[:10]
+        stored_prev, stored_hash, row_id = row[10:]
+        if not as_text:
+            at = iso_time(at)
+        reason = ""
+        if row_seq != seq:
             reason = (
-                f"events {seq} to {row.seq - 1} are missing"
-                if row.seq > seq
-                else f"sequence goes back from {seq - 1} to {row.seq}"
+                f"events {seq} to {row_seq - 1} are missing"
+                if row_seq > seq
+                else f"sequence goes back from {seq - 1} to {row_seq}"
             )
-            return VerifyResult(chain_id, checked, False, row.id, row.seq, reason)
-        if row.prev_hash != prev:
-            return VerifyResult(
-                chain_id,
-                checked,
-                False,
-                row.id,
-                row.seq,
-                "does not link to the event before it (moved or replaced)",
-            )
-        if _row_hash(row, chain_text, company_text) != row.hash:
-            return VerifyResult(
-                chain_id,
-                checked,
-                False,
-                row.id,
-                row.seq,
-                "its contents were changed after it was written",
-            )
-        prev, seq, last_id = row.hash, seq + 1, row.id
+        elif stored_prev != prev:
+            reason = "does not link to the event before it (moved or replaced)"
+        else:
+            encoded = chain_bytes(
+                chain_text, seq, company_text, at, actor_type, actor_id, label, action,
+                outcome, ip, agent, details, stored_prev,
+            )  # fmt: skip
+            if sha256(encoded).hexdigest() != stored_hash:
+                reason = "its contents were changed after it was written"
+        if reason:
+            return VerifyResult(chain_id, checked, False, row_id, row_seq, reason)
+        prev, seq, last_id = stored_hash, seq + 1, row_id
         checked += 1
     head = session.get(AuditHead, chain_id)
     last_seq = seq - 1

@@ -7,13 +7,13 @@ import io
 import json
 import uuid
 from collections.abc import Iterable, Iterator
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, select
 
 from portal.audit.filters import AuditFilter, beyond, conditions, row_key, sort_key
 from portal.audit.models import AuditEvent
+from portal.events import iso_time
 
 # Every stored field, chain fields included, so an export can be checked offline.
 COLUMNS = (
@@ -39,11 +39,6 @@ CHUNK = 2000
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _iso(moment: datetime) -> str:
-    """UTC time exactly as the chain hash encodes it."""
-    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
 def stream(
     engine: Engine, company_id: uuid.UUID, f: AuditFilter, upto: int
 ) -> Iterator[dict[str, Any]]:
@@ -62,7 +57,7 @@ def stream(
                 event = row._asdict()
                 event["chain_id"] = str(event["chain_id"])
                 event["company_id"] = str(event["company_id"]) if event["company_id"] else None
-                event["occurred_at"] = _iso(event["occurred_at"])
+                event["occurred_at"] = iso_time(event["occurred_at"])
                 yield event
             if len(rows) < CHUNK:
                 return
