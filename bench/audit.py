@@ -12,8 +12,9 @@ Timed: the view's own database work (portal.audit.filters.load_page: the page qu
 organisation and values; half the runs page from a random event of that organisation. Date
 ranges are 1 to 31 days anywhere in the seeded year; "action" includes two rare actions. Also
 timed: verifying an organisation's chain (portal.audit.chain.verify_chain; three organisations,
-each once, median and slowest printed) and streaming one organisation's whole JSON Lines export (rows per second, and the peak Python memory of the stream). The last
-line is a JSON object of the figures.
+each once, median and slowest printed) and streaming one organisation's whole JSON Lines
+export (rows per second, and the peak Python memory of the stream). The last line is a JSON
+object of the figures.
 """
 
 from __future__ import annotations

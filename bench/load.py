@@ -1,12 +1,19 @@
-"""Load benchmark: portal pages and the data API under concurrent clients, idle and during a
-rotation of 100,000 messages, over real HTTP (gunicorn) on loopback.
+"""Load benchmark: portal pages and the data API under concurrent users, idle and during a
+rotation of 100,000 messages, over real HTTP (gunicorn) on loopback, driven by Locust.
 
-    python bench/load.py [--messages 100000] [--seconds 10] [--clients 8]
+    pip install -e '.[bench]'
+    python bench/load.py [--messages 100000] [--seconds 20] [--watchers 8] [--page-users 4]
+                         [--api-clients 8]
 
 PostgreSQL (BENCH_DATABASE_URL, a throwaway database beside it) and Redis
-(BENCH_REDIS_URL, flushed). The clients are threads with http.client: enough to drive a
-2-core machine, and no load-testing framework to install. Rate limits are raised for the
-run (they would otherwise, correctly, answer 429). The last line is a JSON object.
+(BENCH_REDIS_URL, flushed). The users (bench/locustfile.py) each keep a fixed pace, so the
+offered load is stated and the latencies are those at that load: run watchers poll the
+progress fragment once a second as the run page does, page users open the compliance page
+every 2 s, API clients send 4 requests a second (3 reads : 2 writes). The idle phase runs
+for --seconds; the rotation phase from the start of the rotation until it ends (at most
+--seconds), so every request of it is served while the rotation runs. Rate limits are
+raised for the run (they would otherwise, correctly, answer 429). The last line is a JSON
+object.
 """
 
 from __future__ import annotations
@@ -16,17 +23,14 @@ import contextlib
 import http.client
 import json
 import os
-import random
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
-from collections import defaultdict
+from pathlib import Path
 
 import redis
 from common import b64, create_database, drop_database, seed
@@ -36,146 +40,125 @@ from portal.db import get_session, make_engine
 from portal.migrate import upgrade
 
 PASSWORD = "load-benchmark-password"
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+GUNICORN_WORKERS = 4
 
 
-class Client:
-    """One simulated user: a cookie jar and a CSRF token over plain HTTP connections."""
+def sign_in(port: int, email: str) -> str:
+    """Sign in through the form once; return the session cookie as ``name=value``."""
+    cookies: dict[str, str] = {}
 
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.cookies: dict[str, str] = {}
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, dict, bytes]:
-        """Send one request; keep cookies."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+    def request(method: str, path: str, body: bytes | None = None, headers=None):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         all_headers = dict(headers or {})
-        if self.cookies:
-            all_headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        if cookies:
+            all_headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
         conn.request(method, path, body=body, headers=all_headers)
         response = conn.getresponse()
         data = response.read()
         for name, value in response.getheaders():
             if name.lower() == "set-cookie":
                 key, _, rest = value.partition("=")
-                self.cookies[key] = rest.split(";", 1)[0]
+                cookies[key] = rest.split(";", 1)[0]
         conn.close()
-        return response.status, dict(response.getheaders()), data
+        return response.status, data
 
-    def login(self, email: str) -> None:
-        """Sign in through the form."""
-        _, _, page = self.request("GET", "/login")
-        token = re.search(rb'name="csrf-token" content="([^"]+)"', page).group(1).decode()
-        body = urllib.parse.urlencode(
-            {"email": email, "password": PASSWORD, "csrf_token": token}
-        ).encode()
-        status, _, _ = self.request(
-            "POST", "/login", body, {"Content-Type": "application/x-www-form-urlencoded"}
-        )
-        if status != 302:
-            raise SystemExit(f"sign-in failed: {status}")
-
-
-def drive(
-    port: int,
-    seconds: float,
-    clients: int,
-    token: str,
-    conv_ids: list[str],
-    run_id: str | None,
-    admin: str,
-) -> dict[str, list[float]]:
-    """Run the client threads for a while; return latencies (ms) per operation, or errors."""
-    results: dict[str, list[float]] = defaultdict(list)
-    errors: dict[str, int] = defaultdict(int)
-    lock = threading.Lock()
-    stop = time.monotonic() + seconds
-    api = {"Authorization": f"Bearer {token}"}
-
-    def worker(n: int) -> None:
-        rng = random.Random(n)
-        page = Client(port)
-        page.login(admin)
-        api_client = Client(port)
-        while time.monotonic() < stop:
-            roll = rng.random()
-            conv = rng.choice(conv_ids)
-            if roll < 0.45:
-                op, args = "api_read", ("GET", f"/api/v1/conversations/{conv}?limit=50", None, api)
-                client = api_client
-            elif roll < 0.75:
-                body = json.dumps({"body": "load " * 40, "author": "bench"}).encode()
-                op, args = (
-                    "api_write",
-                    (
-                        "POST",
-                        f"/api/v1/conversations/{conv}/messages",
-                        body,
-                        {**api, "Content-Type": "application/json"},
-                    ),
-                )
-                client = api_client
-            elif roll < 0.9 and run_id:
-                op, args = (
-                    "progress_fragment",
-                    ("GET", f"/rotations/{run_id}/progress", None, {"HX-Request": "true"}),
-                )
-                client = page
-            else:
-                op, args = "compliance_page", ("GET", "/settings/compliance", None, None)
-                client = page
-            started = time.perf_counter()
-            try:
-                status, _, _ = client.request(*args)
-                ok = status in (200, 201, 286)
-            except OSError:
-                ok = False
-            elapsed = (time.perf_counter() - started) * 1000
-            with lock:
-                if ok:
-                    results[op].append(elapsed)
-                else:
-                    errors[op] += 1
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    results["_errors"] = [float(sum(errors.values()))]
-    for op, count in errors.items():
-        results[f"_errors_{op}"] = [float(count)]
-    return results
+    _, page = request("GET", "/login")
+    token = re.search(rb'name="csrf-token" content="([^"]+)"', page).group(1).decode()
+    form = {"email": email, "password": PASSWORD, "csrf_token": token}
+    status, _ = request(
+        "POST",
+        "/login",
+        urllib.parse.urlencode(form).encode(),
+        {"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    if status != 302 or "session" not in cookies:
+        raise SystemExit(f"sign-in failed: {status}")
+    return f"session={cookies['session']}"
 
 
-def summarise(results: dict[str, list[float]], seconds: float) -> dict[str, dict]:
-    """Requests/s and latency percentiles per operation."""
-    out = {}
-    for op, values in sorted(results.items()):
-        if op.startswith("_"):
-            continue
-        q = statistics.quantiles(values, n=100) if len(values) > 1 else values * 99
-        out[op] = {
-            "requests": len(values),
-            "per_s": round(len(values) / seconds, 1),
-            "p50_ms": round(q[49], 2),
-            "p95_ms": round(q[94], 2),
-            "p99_ms": round(q[98], 2),
+def run_locust(
+    port: int, seconds: int, users: dict[str, int], env: dict[str, str], until=None
+) -> tuple[dict[str, dict], float]:
+    """Run Locust headless with the given users; stop after ``seconds`` or once ``until()``.
+
+    Returns the figures per request name and the measured duration in seconds.
+    """
+    classes = [name for name, count in users.items() if count]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "stats.json"
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+                "--host", f"http://127.0.0.1:{port}", "-u", str(sum(users.values())),
+                "-r", "10", "--reset-stats", "-t", f"{seconds}s",
+                "--json-file", str(out.with_suffix("")),
+                "--loglevel", "WARNING", "--only-summary", "--exit-code-on-error", "0",
+                *classes,
+            ],
+            env={**env, **{f"LOAD_{k.upper()}": str(v) for k, v in _env_counts(users).items()}},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        began = time.monotonic()
+        while proc.poll() is None:
+            if until is not None and until():
+                proc.send_signal(signal.SIGTERM)  # Locust stops and writes its stats
+                break
+            time.sleep(0.1)
+        output, _ = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - began
+        if not out.exists():
+            raise SystemExit(f"locust wrote no statistics:\n{output}")
+        entries = json.loads(out.read_text())
+    if any(entry["num_failures"] for entry in entries):
+        # Locust's own report names each failure (status or exception) and how often.
+        report = output[output.find("Error report") :] if "Error report" in output else output
+        print(report.strip())
+    figures = {}
+    for entry in entries:
+        count = entry["num_requests"]
+        times = {int(k): v for k, v in entry["response_times"].items()}
+        figures[entry["name"]] = {
+            "requests": count,
+            "errors": entry["num_failures"],
+            "per_s": round(count / elapsed, 1),
+            **{f"p{q}_ms": percentile(times, count, q / 100) for q in (50, 95, 99)},
         }
-    return out
+    return figures, elapsed
+
+
+def percentile(times: dict[int, int], count: int, q: float) -> int:
+    """The q-quantile of a Locust response-time histogram (ms, as Locust rounds them).
+
+    Computed here as Locust's own stats do: importing locust in this process would
+    monkey-patch it with gevent.
+    """
+    wanted = int(count * q)
+    seen = 0
+    for ms in sorted(times, reverse=True):
+        seen += times[ms]
+        if count - seen <= wanted:
+            return ms
+    return 0
+
+
+def _env_counts(users: dict[str, int]) -> dict[str, int]:
+    """The LOAD_* counts bench/locustfile.py reads, from the user-class counts."""
+    names = {"RunWatcher": "watchers", "PageUser": "page_users", "ApiClient": "api_clients"}
+    return {names[name]: count for name, count in users.items()}
 
 
 def main() -> None:
     """Set up, measure idle, start a rotation, measure during it."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=100_000)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--watchers", type=int, default=4, help="run pages polling progress")
+    parser.add_argument("--page-users", type=int, default=2, help="compliance page every 2 s")
+    parser.add_argument("--api-clients", type=int, default=4, help="4 API requests/s each")
+    parser.add_argument("--workers", type=int, default=1, help="RQ worker processes")
     args = parser.parse_args()
     base = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
@@ -221,6 +204,15 @@ def main() -> None:
             db.commit()
             org_id = org.id
         seed(app, org_id, old, args.messages, 0)
+        # What autovacuum does to freshly loaded tables: statistics and a visibility map
+        # (the compliance page's per-key counts are index-only scans with it).
+        with (
+            app.extensions["db_engine"]
+            .connect()
+            .execution_options(isolation_level="AUTOCOMMIT") as conn
+        ):
+            for table in ("conversations", "messages", "attachments"):
+                conn.exec_driver_sql(f"VACUUM ANALYZE {table}")
         with app.extensions["db_engine"].connect() as conn:
             conv_ids = [
                 str(r[0]) for r in conn.exec_driver_sql("SELECT id FROM conversations LIMIT 200")
@@ -236,7 +228,7 @@ def main() -> None:
                     "--bind",
                     f"127.0.0.1:{port}",
                     "--workers",
-                    "4",
+                    str(GUNICORN_WORKERS),
                 ],
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -244,26 +236,35 @@ def main() -> None:
                 start_new_session=True,
             )
         )
-        for _ in range(2):
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "portal.cli", "worker"],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "portal.cli", "worker", "--count", str(args.workers)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
             )
+        )
         for _ in range(100):
             try:
-                if Client(port).request("GET", "/healthz")[0] == 200:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
                     break
             except OSError:
                 time.sleep(0.2)
-        idle = drive(port, args.seconds, args.clients, token, conv_ids, None, "admin@load.example")
+        load_env = {
+            **os.environ,
+            "LOAD_COOKIE": sign_in(port, "admin@load.example"),
+            "LOAD_TOKEN": token,
+            "LOAD_CONVERSATIONS": ",".join(conv_ids),
+        }
+        pages = {"PageUser": args.page_users, "ApiClient": args.api_clients}
+        idle, idle_s = run_locust(port, args.seconds, {**pages, "RunWatcher": 0}, load_env)
         from jobs.rotation import enqueue_ranges
         from portal.models import Organization
         from portal.rotation import service
+        from portal.rotation.models import ACTIVE_RUN_STATES, RotationRun
 
         with app.app_context():
             db = get_session()
@@ -271,55 +272,83 @@ def main() -> None:
                 db, db.get(Organization, org_id), "bench", b64(old), b64(new)
             )
             db.commit()
-            run_id = str(run.id)
-        enqueue_ranges(app, run.id)
-        started = time.monotonic()
-        busy = drive(
-            port, args.seconds, args.clients, token, conv_ids, run_id, "admin@load.example"
-        )
-        with app.app_context():
-            db = get_session()
-            from portal.rotation.models import RotationRun
+            run_id = run.id
 
-            state_after = db.get(RotationRun, run.id).state
-        idle_s, busy_s = summarise(idle, args.seconds), summarise(busy, args.seconds)
-        errors = {"idle": int(idle["_errors"][0]), "rotation": int(busy["_errors"][0])}
+        def run_state() -> str:
+            with app.app_context():
+                return get_session().get(RotationRun, run_id).state
+
+        # Warm-up, not measured: each gunicorn worker's first fragment compiles its queries.
+        for _ in range(4 * GUNICORN_WORKERS):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request(
+                "GET",
+                f"/rotations/{run_id}/progress",
+                headers={"Cookie": load_env["LOAD_COOKIE"], "HX-Request": "true"},
+            )
+            conn.getresponse().read()
+            conn.close()
+        enqueue_ranges(app, run_id)
+        busy, busy_s = run_locust(
+            port,
+            args.seconds,
+            {**pages, "RunWatcher": args.watchers},
+            {**load_env, "LOAD_RUN_ID": str(run_id)},
+            until=lambda: run_state() not in ACTIVE_RUN_STATES,
+        )
+        state_after = run_state()
+        errors = {
+            "idle": sum(f["errors"] for f in idle.values()),
+            "rotation": sum(f["errors"] for f in busy.values()),
+        }
+        offered = args.watchers + args.page_users / 2 + args.api_clients * 4
+        print(f"offered load during the rotation: {offered:.0f} requests/s")
         print(
             f"{'phase':10} {'operation':18} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
         )
-        for phase, summary in (("idle", idle_s), ("rotation", busy_s)):
-            for op, fig in summary.items():
+        for phase, figures in (("idle", idle), ("rotation", busy)):
+            for op, fig in sorted(figures.items()):
                 print(
-                    f"{phase:10} {op:18} {fig['per_s']:8.1f} {fig['p50_ms']:8.2f} "
-                    f"{fig['p95_ms']:8.2f} {fig['p99_ms']:8.2f}"
+                    f"{phase:10} {op:18} {fig['per_s']:8.1f} {fig['p50_ms']:8} "
+                    f"{fig['p95_ms']:8} {fig['p99_ms']:8}"
                 )
         print(
-            f"errors: {errors}; rotation state after the load phase "
-            f"({time.monotonic() - started:.1f} s): {state_after}"
+            f"errors: {errors}; idle phase {idle_s:.1f} s; rotation phase {busy_s:.1f} s, "
+            f"the run then {state_after}"
         )
         api_ratio = {
-            op: round(busy_s[op]["p95_ms"] / idle_s[op]["p95_ms"], 2)
+            op: round(busy[op]["p95_ms"] / idle[op]["p95_ms"], 2)
             for op in ("api_read", "api_write")
-            if op in busy_s and op in idle_s
+            if op in busy and op in idle
         }
-        progress_p95 = busy_s.get("progress_fragment", {}).get("p95_ms")
+        progress_p95 = busy.get("progress_fragment", {}).get("p95_ms")
         print(
             f"progress fragment p95 = {progress_p95} ms (target <= 20); "
             f"API p95 rotation/idle = {api_ratio} (target <= 2)"
+        )
+        targets_met = bool(
+            errors == {"idle": 0, "rotation": 0}
+            and progress_p95 is not None
+            and progress_p95 <= 20
+            and api_ratio
+            and max(api_ratio.values()) <= 2
         )
         print(
             json.dumps(
                 {
                     "bench": "load",
                     "messages": args.messages,
-                    "seconds": args.seconds,
-                    "clients": args.clients,
-                    "idle": idle_s,
-                    "rotation": busy_s,
+                    "users": {"RunWatcher": args.watchers, **pages},
+                    "offered_per_s": offered,
+                    "idle_seconds": round(idle_s, 1),
+                    "rotation_seconds": round(busy_s, 1),
+                    "idle": idle,
+                    "rotation": busy,
                     "errors": errors,
                     "progress_p95_ms": progress_p95,
                     "api_p95_ratio": api_ratio,
                     "rotation_state": state_after,
+                    "targets_met": targets_met,
                 }
             )
         )

@@ -76,6 +76,8 @@ class Config:
         self.RATELIMIT_API: str = env.get("RATELIMIT_API", "1200/minute")
         self.AUDIT_RETENTION_DAYS: int = _int(env, "AUDIT_RETENTION_DAYS", 365)
         self.ROTATION_WATCHDOG_SECONDS: int = _int(env, "ROTATION_WATCHDOG_SECONDS", 5)
+        # Added to the workers' nice value: background re-encryption yields to web requests.
+        self.WORKER_NICE: int = _int(env, "WORKER_NICE", 10)
         for key, value in overrides.items():
             setattr(self, key, value)
         if self.BYOK_DEPLOYMENT not in DEPLOYMENT_MODES:
@@ -85,6 +87,8 @@ class Config:
             )
         if self.TRUSTED_PROXY_COUNT < 0:
             raise ConfigError("TRUSTED_PROXY_COUNT must be 0 or more")
+        if not 0 <= self.WORKER_NICE <= 19:
+            raise ConfigError("WORKER_NICE must be from 0 (same priority) to 19 (lowest)")
 
     def as_flask(self) -> dict[str, Any]:
         """Return the settings as a mapping for ``app.config``, secrets filled in."""

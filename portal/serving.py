@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 from typing import Any
 
@@ -35,10 +36,20 @@ def run_gunicorn(bind: str, workers: int) -> None:
                 self.cfg.set(key, value)
 
         def load(self):
-            """Build the app once per worker."""
-            return create_app()
+            """Build the app once per worker, its templates compiled before any request."""
+            app = create_app()
+            warm_templates(app)
+            return app
 
     Portal().run()
+
+
+def warm_templates(app) -> None:
+    """Compile every template now: Jinja compiles on first use, and the first request of
+    each worker to a page would pay tens of milliseconds for it (a polled fragment's tail).
+    """
+    for name in app.jinja_env.list_templates():
+        app.jinja_env.get_template(name)
 
 
 def make_queue(connection: Redis, name: str) -> Queue:
@@ -57,6 +68,9 @@ def _work(burst: bool) -> None:
     from portal.redis_conn import connect
 
     app = create_app()
+    # Background work yields the CPU to the web processes: a rotation may use every idle
+    # cycle, but not the ones a request is waiting for.
+    os.nice(app.config["WORKER_NICE"])
     with app.app_context():
         from jobs.context import set_app
         from jobs.rotation import resume_active_runs

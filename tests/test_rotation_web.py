@@ -134,6 +134,44 @@ def test_controls_change_the_run_state(app, login_as, orgs, action):
             assert get_session().query(RotationRun).one().state == "completed"
 
 
+def test_the_polled_progress_fragment_is_light_and_history_is_its_own_fragment(app, login_as, orgs):
+    old = enable_byok(app, orgs["a"]["id"])
+    seed(app, orgs["a"]["id"], conversations=1, messages=3)
+    client = login_as("admin_a")
+    run_url = _start_via_wizard(client, old, crypto.generate_key()).headers["HX-Redirect"]
+    page = client.get(run_url).get_data(as_text=True)
+    assert 'id="run-history"' in page and 'hx-trigger="every 5s, run-changed from:body"' in page
+    assert "<h2>History</h2>" in page
+    polled = client.get(f"{run_url}/progress", headers={"HX-Request": "true"})
+    assert polled.status_code == 200 and "HX-Trigger" not in polled.headers
+    assert "History" not in polled.get_data(as_text=True)  # the history is not re-read per poll
+    history = client.get(f"{run_url}/history", headers={"HX-Request": "true"})
+    assert history.status_code == 200 and "<h2>History</h2>" in history.get_data(as_text=True)
+    run_worker(app)
+    last = client.get(f"{run_url}/progress", headers={"HX-Request": "true"})
+    # The last poll stops polling and tells the page to refresh the history at once.
+    assert last.status_code == 286 and last.headers["HX-Trigger"] == "run-changed"
+    ended = client.get(f"{run_url}/history", headers={"HX-Request": "true"})
+    assert ended.status_code == 286 and "Completed and verified" in ended.get_data(as_text=True)
+    page = client.get(run_url).get_data(as_text=True)
+    assert 'hx-trigger="none"' in page and 'hx-trigger="run-changed from:body"' in page
+
+
+def test_a_control_answers_both_blocks_anew_so_polling_restarts(app, login_as, orgs):
+    old = enable_byok(app, orgs["a"]["id"])
+    seed(app, orgs["a"]["id"], conversations=1, messages=3)
+    client = login_as("admin_a")
+    run_url = _start_via_wizard(client, old, crypto.generate_key()).headers["HX-Redirect"]
+    paused = client.post(f"{run_url}/pause", headers=_hx(client, run_url))
+    assert paused.headers["HX-Retarget"] == "#run-progress"
+    assert paused.headers["HX-Reswap"] == "outerHTML"
+    html = paused.get_data(as_text=True)
+    progress, _, history = html.partition('<div id="run-history" hx-swap-oob="true"')
+    assert progress.lstrip().startswith('<div id="run-progress"') and "Paused." in progress
+    assert 'hx-trigger="every 1s"' in progress  # a paused run's page keeps polling
+    assert history and "paused" in history.lower() and "<h2>History</h2>" in history
+
+
 def test_throttle_is_validated_and_stored(app, login_as, orgs):
     old = enable_byok(app, orgs["a"]["id"])
     client = login_as("admin_a")
@@ -171,7 +209,7 @@ def test_role_and_tenant_matrix_on_rotation_routes(
     run_url = _start_via_wizard(admin, old, crypto.generate_key()).headers["HX-Redirect"]
     viewer = login_as(who)
     assert viewer.get("/rotations").status_code == list_status
-    for suffix in ("", "/progress", "/status.json", "/failures.csv"):
+    for suffix in ("", "/progress", "/history", "/status.json", "/failures.csv"):
         assert viewer.get(run_url + suffix).status_code == run_status, suffix
     token = csrf_token(viewer, "/")
     response = viewer.post(f"{run_url}/pause", headers={"X-CSRFToken": token})

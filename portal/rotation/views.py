@@ -26,10 +26,12 @@ from portal.db import get_session
 from portal.htmx import HTTP_STOP_POLLING, is_htmx
 from portal.models import Organization
 from portal.rotation import service
-from portal.rotation.models import RotationEvent, RotationFailure, RotationRun
+from portal.rotation.models import ACTIVE_RUN_STATES, RotationEvent, RotationFailure, RotationRun
 
 bp = Blueprint("rotation", __name__, url_prefix="/rotations")
 CONTROLS = ("pause", "resume", "cancel")
+# Sent with the final progress poll: the history block refreshes at once.
+RUN_CHANGED = "run-changed"
 
 
 @bp.after_request
@@ -70,8 +72,24 @@ def index():
     return render_template("rotation/index.html", rows=rows)
 
 
-def _page_context(run: RotationRun) -> dict:
-    """What the run page and its fragments render from."""
+def _progress_context(run: RotationRun) -> dict:
+    """What the polled progress block renders from: the run and its range sums only.
+
+    It is requested every second by every open run page, so it stays a few indexed reads;
+    the history and failure lists are the separate, slower-polled history block.
+    """
+    p = service.progress(get_session(), run)
+    return {
+        "run": run,
+        "p": p,
+        "failed_total": p.failed,
+        "can_control": current_user.role == "admin",
+        "show_keys": current_user.role != "support",
+    }
+
+
+def _history_context(run: RotationRun) -> dict:
+    """What the history block renders from: recent events and the listed failures."""
     db = get_session()
     events = list(
         db.scalars(
@@ -89,16 +107,20 @@ def _page_context(run: RotationRun) -> dict:
             .limit(100)
         )
     )
-    org = db.get(Organization, run.company_id)
     return {
         "run": run,
-        "org": org,
-        "p": service.progress(db, run),
         "events": events,
         "failures": failures,
         "failure_total": service.failure_count(db, run),
-        "can_control": current_user.role == "admin",
-        "show_keys": current_user.role != "support",
+    }
+
+
+def _page_context(run: RotationRun) -> dict:
+    """The whole run page: both blocks and the organisation's name."""
+    return {
+        **_history_context(run),
+        **_progress_context(run),
+        "org": get_session().get(Organization, run.company_id),
     }
 
 
@@ -112,10 +134,25 @@ def show(run_id: uuid.UUID):
 @bp.get("/<uuid:run_id>/progress")
 @require_role("support", "admin")
 def progress(run_id: uuid.UUID):
-    """The polled progress fragment; 286 once the run has ended, so polling stops."""
-    context = _page_context(_run_or_404(run_id))
-    html = render_template("rotation/_progress.html", **context)
-    return html, HTTP_STOP_POLLING if context["p"].finished else 200
+    """The polled progress fragment; 286 once the run has ended, so polling stops.
+
+    The last answer also tells the page to refresh the history block at once.
+    """
+    context = _progress_context(_run_or_404(run_id))
+    response = make_response(render_template("rotation/_progress.html", **context))
+    if context["p"].finished:
+        response.status_code = HTTP_STOP_POLLING
+        response.headers["HX-Trigger"] = RUN_CHANGED
+    return response
+
+
+@bp.get("/<uuid:run_id>/history")
+@require_role("support", "admin")
+def history(run_id: uuid.UUID):
+    """The history and failures fragment, polled less often; 286 once the run has ended."""
+    run = _run_or_404(run_id)
+    html = render_template("rotation/_history.html", **_history_context(run))
+    return html, HTTP_STOP_POLLING if run.state not in ACTIVE_RUN_STATES else 200
 
 
 @bp.get("/<uuid:run_id>/status.json")
@@ -165,13 +202,16 @@ def _after_change(run: RotationRun, message: str):
         from jobs.rotation import enqueue_ranges
 
         enqueue_ranges(current_app._get_current_object(), run.id)
-    context = _page_context(run)
     if is_htmx():
-        response = make_response(
-            render_template("rotation/_progress.html", notice=message, **context)
-        )
+        # Both blocks anew (the history out of band): a control can restart a run whose
+        # page had stopped polling (resume after a failure, retry), and new blocks poll again.
+        context = _page_context(run)
+        html = render_template(
+            "rotation/_progress_block.html", notice=message, **context
+        ) + render_template("rotation/_history_block.html", oob=True, **context)
+        response = make_response(html)
         response.headers["HX-Retarget"] = "#run-progress"
-        response.headers["HX-Reswap"] = "innerHTML"
+        response.headers["HX-Reswap"] = "outerHTML"
         return response
     flash(message)
     return redirect(url_for("rotation.show", run_id=run.id), code=303)
