@@ -2,8 +2,8 @@
 rotation of 100,000 messages, over real HTTP (gunicorn) on loopback, driven by Locust.
 
     pip install -e '.[bench]'
-    python bench/load.py [--messages 100000] [--seconds 20] [--watchers 8] [--page-users 4]
-                         [--api-clients 8]
+    python bench/load.py [--messages 100000] [--seconds 20] [--watchers 4] [--page-users 2]
+                         [--api-clients 4] [--workers 1] [--throttle BATCHES_PER_S]
 
 PostgreSQL (BENCH_DATABASE_URL, a throwaway database beside it) and Redis
 (BENCH_REDIS_URL, flushed). The users (bench/locustfile.py) each keep a fixed pace, so the
@@ -11,7 +11,8 @@ offered load is stated and the latencies are those at that load: run watchers po
 progress fragment once a second as the run page does, page users open the compliance page
 every 2 s, API clients send 4 requests a second (3 reads : 2 writes). The idle phase runs
 for --seconds; the rotation phase from the start of the rotation until it ends (at most
---seconds), so every request of it is served while the rotation runs. Rate limits are
+--seconds), so every request of it is served while the rotation runs; --throttle sets the
+run's max batches per second per worker, as an admin can on the run page. Rate limits are
 raised for the run (they would otherwise, correctly, answer 429). The last line is a JSON
 object.
 """
@@ -159,6 +160,7 @@ def main() -> None:
     parser.add_argument("--page-users", type=int, default=2, help="compliance page every 2 s")
     parser.add_argument("--api-clients", type=int, default=4, help="4 API requests/s each")
     parser.add_argument("--workers", type=int, default=1, help="RQ worker processes")
+    parser.add_argument("--throttle", type=float, default=None, help="max batches/s per worker")
     args = parser.parse_args()
     base = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
@@ -271,6 +273,7 @@ def main() -> None:
             run = service.start_rotation(
                 db, db.get(Organization, org_id), "bench", b64(old), b64(new)
             )
+            run.max_batches_per_second = args.throttle
             db.commit()
             run_id = run.id
 
@@ -339,6 +342,8 @@ def main() -> None:
                     "bench": "load",
                     "messages": args.messages,
                     "users": {"RunWatcher": args.watchers, **pages},
+                    "rq_workers": args.workers,
+                    "throttle": args.throttle,
                     "offered_per_s": offered,
                     "idle_seconds": round(idle_s, 1),
                     "rotation_seconds": round(busy_s, 1),

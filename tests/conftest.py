@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -63,12 +64,27 @@ def _drop_pg_database(admin_url: str, name: str) -> None:
     admin.dispose()
 
 
+def _worker_redis_db(url: str | None) -> str | None:
+    """Give each pytest-xdist worker its own Redis db: gw0 the configured one, gw1 the one
+    below it, and so on (every test flushes its db, which must not touch another worker's).
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    if not url or worker == "gw0":
+        return url
+    parts = urlsplit(url)
+    base = int(parts.path.lstrip("/") or 0)
+    index = base - int(worker.removeprefix("gw"))
+    if index < 0:
+        raise RuntimeError(f"TEST_REDIS_URL's db {base} leaves no db for xdist worker {worker}")
+    return urlunsplit(parts._replace(path=f"/{index}"))
+
+
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     """Provide this run's own database and Redis db, and clean both up afterwards."""
     home = tmp_path_factory.mktemp("byok")
     pg_admin = os.environ.get("TEST_DATABASE_URL")
-    redis_url = os.environ.get("TEST_REDIS_URL")
+    redis_url = _worker_redis_db(os.environ.get("TEST_REDIS_URL"))
     pg_name = None
     if pg_admin:
         database_url, pg_name = _create_pg_database(pg_admin)

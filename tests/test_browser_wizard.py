@@ -314,6 +314,9 @@ def test_generated_key_is_gone_after_navigating_away_and_back(bfcache_context, d
     assert key_text not in storage(page)
     page.go_forward(wait_until="commit")
     page.wait_for_url("**/settings/audit", wait_until="commit")
+    # Let the restored page become the active one before the next history step: going back
+    # while Chromium is still swapping it in fails with "Not attached to an active page".
+    expect(page.get_by_role("heading", name="Audit Log")).to_be_visible()
     page.go_back(wait_until="commit")
     page.wait_for_url("**/settings/compliance", wait_until="commit")
     expect(page.get_by_role("heading", name="BYOK Configuration")).to_be_visible()

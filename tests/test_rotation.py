@@ -86,6 +86,27 @@ def test_wrong_current_key_is_refused_before_anything_changes(app, orgs):
     assert _raw_rows(app, org_a) == before
 
 
+def test_a_current_key_that_decrypts_none_of_the_sample_is_refused(app, orgs):
+    """The right key id, but no sampled item opens (all damaged): refused, nothing changed."""
+    org_a = orgs["a"]["id"]
+    old = enable_byok(app, org_a)
+    seed(app, org_a, conversations=1, messages=3)
+    with app.app_context():
+        db = get_session()
+        db.execute(text("UPDATE messages SET body_ct = substr(body_ct, 1, 20)"))
+        db.commit()
+    before = _raw_rows(app, org_a)
+    with app.app_context():
+        db = get_session()
+        with pytest.raises(service.RotationError, match="does not decrypt a stored item"):
+            service.start_rotation(
+                db, db.get(Organization, org_a), "cli", b64(old), b64(crypto.generate_key())
+            )
+        db.rollback()
+        assert db.scalar(select(RotationRun.id)) is None
+    assert _raw_rows(app, org_a) == before
+
+
 def test_new_key_must_differ_and_never_have_been_used(app, orgs):
     org_a = orgs["a"]["id"]
     first = enable_byok(app, org_a)
@@ -108,7 +129,8 @@ def test_tampered_item_is_reported_and_everything_else_completes(app, orgs):
     seed(app, org_a, conversations=2, messages=10, attachments=0)
     with app.app_context():
         db = get_session()
-        victim = db.execute(text("SELECT id, body_ct FROM messages LIMIT 1")).one()
+        # The first item by id: the one the start of a rotation tries the current key on first.
+        victim = db.execute(text("SELECT id, body_ct FROM messages ORDER BY id LIMIT 1")).one()
         broken = bytes(victim.body_ct[:-1]) + bytes([victim.body_ct[-1] ^ 1])
         db.execute(
             text("UPDATE messages SET body_ct = :b WHERE id = :i"), {"b": broken, "i": victim.id}

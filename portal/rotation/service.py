@@ -32,6 +32,8 @@ ITEMS_PER_RANGE = 25_000
 BYTES_PER_RANGE = 64 * 1024 * 1024
 MAX_RANGES = 32
 MAX_PASSES = 3
+# How many stored items the current key is tried on before a rotation starts.
+DECRYPT_SAMPLE = 5
 
 
 class RotationError(ops.KeyOperationError):
@@ -79,7 +81,12 @@ def check_keys(
 
 
 def _decrypt_sample(session: Session, org: Organization, key: bytes) -> None:
-    """Decrypt one stored item with the pasted current key, if any item uses it."""
+    """Check the pasted current key against a few stored items that name it.
+
+    One item that decrypts proves the key. A damaged item must not block a rotation (the
+    rotation lists it as failed and leaves it untouched), so the key is refused only when
+    none of the sample decrypts.
+    """
     from portal.chat.models import Message
     from portal.chat.service import ad
 
@@ -87,18 +94,22 @@ def _decrypt_sample(session: Session, org: Organization, key: bytes) -> None:
     sample = session.execute(
         select(Message.id, Message.body_ct)
         .where(Message.company_id == org.id, Message.key_id == kid)
-        .limit(1)
-    ).first()
-    if sample is None:
-        return
-    try:
-        crypto.Keyring(key).decrypt(sample.body_ct, ad(org.id, "messages", "body", sample.id))
-    except crypto.DecryptionError:
+        .order_by(Message.id)
+        .limit(DECRYPT_SAMPLE)
+    ).all()
+    ring = crypto.Keyring(key)
+    for row in sample:
+        try:
+            ring.decrypt(row.body_ct, ad(org.id, "messages", "body", row.id))
+            return
+        except crypto.DecryptionError:
+            continue
+    if sample:
         raise RotationError(
             "The current key does not decrypt a stored item.",
             field="current_key",
             code="sample_failed",
-        ) from None
+        )
 
 
 def count_items(session: Session, company_id: uuid.UUID, key_ids: list[str]) -> dict[str, int]:
