@@ -92,7 +92,7 @@ def run_locust(
             [
                 sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
                 "--host", f"http://127.0.0.1:{port}", "-u", str(sum(users.values())),
-                "-r", "10", "--reset-stats", "-t", f"{seconds}s",
+                "-r", "10", "--reset-stats", "-t", f"{seconds}s", "--stop-timeout", "5",
                 "--json-file", str(out.with_suffix("")),
                 "--loglevel", "WARNING", "--only-summary", "--exit-code-on-error", "0",
                 *classes,
