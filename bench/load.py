@@ -45,37 +45,49 @@ LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 GUNICORN_WORKERS = 4
 
 
+def request(
+    port: int, method: str, path: str, body: bytes | None = None, headers=None
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """One request on a connection of its own: status, headers, body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.getheaders(), response.read()
+    finally:
+        conn.close()
+
+
 def sign_in(port: int, email: str) -> str:
     """Sign in through the form once; return the session cookie as ``name=value``."""
-    cookies: dict[str, str] = {}
-
-    def request(method: str, path: str, body: bytes | None = None, headers=None):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        all_headers = dict(headers or {})
-        if cookies:
-            all_headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
-        conn.request(method, path, body=body, headers=all_headers)
-        response = conn.getresponse()
-        data = response.read()
-        for name, value in response.getheaders():
-            if name.lower() == "set-cookie":
-                key, _, rest = value.partition("=")
-                cookies[key] = rest.split(";", 1)[0]
-        conn.close()
-        return response.status, data
-
-    _, page = request("GET", "/login")
+    _, headers, page = request(port, "GET", "/login")
+    cookies = _set_cookies(headers)
     token = re.search(rb'name="csrf-token" content="([^"]+)"', page).group(1).decode()
     form = {"email": email, "password": PASSWORD, "csrf_token": token}
-    status, _ = request(
+    status, headers, _ = request(
+        port,
         "POST",
         "/login",
         urllib.parse.urlencode(form).encode(),
-        {"Content-Type": "application/x-www-form-urlencoded"},
+        {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items()),
+        },
     )
+    cookies.update(_set_cookies(headers))
     if status != 302 or "session" not in cookies:
         raise SystemExit(f"sign-in failed: {status}")
     return f"session={cookies['session']}"
+
+
+def _set_cookies(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """The cookies a response sets, by name."""
+    cookies = {}
+    for name, value in headers:
+        if name.lower() == "set-cookie":
+            key, _, rest = value.partition("=")
+            cookies[key] = rest.split(";", 1)[0]
+    return cookies
 
 
 def run_locust(
@@ -249,9 +261,7 @@ def main() -> None:
         )
         for _ in range(100):
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
+                if request(port, "GET", "/healthz")[0] == 200:
                     break
             except OSError:
                 time.sleep(0.2)
@@ -283,14 +293,12 @@ def main() -> None:
 
         # Warm-up, not measured: each gunicorn worker's first fragment compiles its queries.
         for _ in range(4 * GUNICORN_WORKERS):
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            conn.request(
+            request(
+                port,
                 "GET",
                 f"/rotations/{run_id}/progress",
                 headers={"Cookie": load_env["LOAD_COOKIE"], "HX-Request": "true"},
             )
-            conn.getresponse().read()
-            conn.close()
         enqueue_ranges(app, run_id)
         busy, busy_s = run_locust(
             port,

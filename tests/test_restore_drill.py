@@ -15,13 +15,11 @@ import base64
 import hashlib
 import io
 import json
-import os
 import re
 import secrets
 import shutil
 import sqlite3
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,7 +36,7 @@ from portal.chat.service import create_token
 from portal.db import get_session
 from portal.keys import operations as ops
 from portal.models import Organization
-from tests.conftest import PASSWORD, csrf_token, login, require_or_skip
+from tests.conftest import PASSWORD, csrf_token, login, require_or_skip, run_cli
 from tests.rotation_helpers import b64, enable_byok, plaintext_digest
 
 API = "/api/v1"
@@ -159,15 +157,8 @@ def restored_copy(database_url: str, workdir: Path) -> Iterator[str]:
 
 
 def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    """Run the real ``byok-portal`` command on the new installation."""
-    done = subprocess.run(
-        [sys.executable, "-m", "portal.cli", *args],
-        env={**os.environ, **env},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """Run the real ``byok-portal`` command on the new installation; it must succeed."""
+    done = run_cli(env, *args, stdin=stdin)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
