@@ -420,6 +420,28 @@ def rotation_cancel(run_id: str) -> None:
     _run_op(run_id, lambda _app, db, run: f"run {control(db, run, 'cancel', 'cli').id} cancelled")
 
 
+# ignore_unknown_options: a negative N reaches the service's own refusal, not click's.
+@rotation.command("throttle", context_settings={"ignore_unknown_options": True})
+@click.argument("run_id")
+@click.argument("per_second", metavar="N")
+def rotation_throttle(run_id: str, per_second: str) -> None:
+    """Limit each worker of a run to N batches per second (0 or none: unlimited); audited."""
+    from portal.rotation.service import set_throttle
+
+    text = per_second.strip().lower()
+    try:
+        value = None if text == "none" else float(text) or None
+    except ValueError:
+        fail(f"the throttle must be a number of batches per second, 0 or none: {per_second!r}")
+
+    def throttle(_app, db, run) -> str:
+        set_throttle(db, run, value, "cli")
+        limit = f"{value:g} batches per second" if value else "unlimited"
+        return f"run {run.id} throttle: {limit}"
+
+    _run_op(run_id, throttle)
+
+
 @rotation.command("list")
 @click.option("--org", "org_slug", default=None)
 def rotation_list(org_slug: str | None) -> None:
