@@ -52,6 +52,26 @@ def byok_enabled(session: Session, company_id: uuid.UUID) -> bool:
 def check_can_store(session: Session, org: Organization) -> None:
     """Refuse to store tenant data where BYOK is required but not yet enabled."""
     if byok_required(org) and not byok_enabled(session, org.id):
-        raise ByokRequired(
-            "this organisation must enable its own encryption key (BYOK) before data is stored"
+        raise ByokRequired(_refusal(session, org.id))
+
+
+def _refusal(session: Session, company_id: uuid.UUID) -> str:
+    """Say why nothing can be stored: a lost or revoked key needs restoring, not a first key."""
+    gone = session.scalar(
+        select(OrgKey)
+        .where(
+            OrgKey.company_id == company_id,
+            OrgKey.origin != "platform",
+            OrgKey.state.in_(("lost", "unavailable")),
         )
+        .order_by(OrgKey.state_changed_at.desc())
+        .limit(1)
+    )
+    if gone is None:
+        return "this organisation must enable its own encryption key (BYOK) before data is stored"
+    what = "was declared lost" if gone.state == "lost" else "is unavailable (access revoked)"
+    return (
+        f"this organisation's encryption key {gone.fingerprint} {what}; nothing can be stored "
+        "until an admin restores it: Restore key on the Compliance Policies page, with the same "
+        "key from your backup (or enables a new key there)"
+    )
