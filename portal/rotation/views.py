@@ -16,6 +16,7 @@ from flask import (
     redirect,
     render_template,
     request,
+    stream_with_context,
     url_for,
 )
 from flask_login import current_user
@@ -32,6 +33,8 @@ bp = Blueprint("rotation", __name__, url_prefix="/rotations")
 CONTROLS = ("pause", "resume", "cancel")
 # Sent with the final progress poll: the history block refreshes at once.
 RUN_CHANGED = "run-changed"
+# Failed items read per query by the CSV export.
+FAILURES_CSV_PAGE = 1000
 
 
 @bp.after_request
@@ -168,26 +171,42 @@ def status_json(run_id: uuid.UUID):
 def failures_csv(run_id: uuid.UUID):
     """Every failed item of the run as CSV (kind, id, reason): no content, no keys."""
     run = _run_or_404(run_id)
+    columns = (
+        RotationFailure.id,
+        RotationFailure.kind,
+        RotationFailure.item_id,
+        RotationFailure.reason,
+        RotationFailure.created_at,
+    )
 
     def rows():
+        # Streamed after the view returns: stream_with_context keeps the app context (and so
+        # the session) alive until the last row. Pages by id, each its own short read, so a
+        # slow download never holds a transaction open.
+        db = get_session()
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["kind", "item_id", "reason", "at"])
         yield buffer.getvalue()
-        query = (
-            select(RotationFailure)
-            .where(RotationFailure.run_id == run.id)
-            .order_by(RotationFailure.id)
-        )
-        for failure in get_session().scalars(query.execution_options(yield_per=1000)):
+        after = 0
+        while True:
+            page = db.execute(
+                select(*columns)
+                .where(RotationFailure.run_id == run_id, RotationFailure.id > after)
+                .order_by(RotationFailure.id)
+                .limit(FAILURES_CSV_PAGE)
+            ).all()
+            db.rollback()
+            if not page:
+                return
             buffer.seek(0)
             buffer.truncate()
-            writer.writerow(
-                [failure.kind, failure.item_id, failure.reason, failure.created_at.isoformat()]
-            )
+            for failure_id, kind, item_id, reason, created_at in page:
+                writer.writerow([kind, item_id, reason, created_at.isoformat()])
+                after = failure_id
             yield buffer.getvalue()
 
-    response = Response(rows(), mimetype="text/csv")
+    response = Response(stream_with_context(rows()), mimetype="text/csv")
     response.headers["Content-Disposition"] = (
         f'attachment; filename="rotation-{run.id}-failures.csv"'
     )
