@@ -18,11 +18,11 @@ API = "/api/v1"
 class Api:
     """A bearer-token client of the data API."""
 
-    def __init__(self, client: FlaskClient, token: str, scheme: str = "Bearer") -> None:
-        """Remember the test client and the token sent with every request."""
+    def __init__(self, client: FlaskClient, token: str | None, scheme: str = "Bearer") -> None:
+        """Remember the test client and the token sent with every request (if any)."""
         self.client = client
         self.token = token
-        self.headers = {"Authorization": f"{scheme} {token}"}
+        self.headers = {"Authorization": f"{scheme} {token}"} if token else {}
 
     def get(self, path: str, **query: Any):
         """GET an API path with a query string."""
@@ -56,14 +56,20 @@ class Api:
         assert response.status_code == 201, response.get_json()
         return response.get_json()["id"]
 
-    def attachment(self, conv_id: str, content: bytes = b"file", filename: str = "f.bin") -> str:
-        """Attach a file and return its id."""
-        response = self.client.post(
+    def upload(self, conv_id: str, content: bytes, filename: str, content_type: str | None):
+        """POST a file as multipart field ``file``."""
+        part = (io.BytesIO(content), filename, content_type) if content_type else None
+        part = part or (io.BytesIO(content), filename)
+        return self.client.post(
             f"{API}/conversations/{conv_id}/attachments",
-            data={"file": (io.BytesIO(content), filename, "application/octet-stream")},
+            data={"file": part},
             content_type="multipart/form-data",
             headers=self.headers,
         )
+
+    def attachment(self, conv_id: str, content: bytes = b"file", filename: str = "f.bin") -> str:
+        """Attach a file and return its id."""
+        response = self.upload(conv_id, content, filename, "application/octet-stream")
         assert response.status_code == 201, response.get_json()
         return response.get_json()["id"]
 

@@ -27,72 +27,8 @@ from portal.db import Base, get_session, utcnow
 from portal.keys.models import OrgKey
 from portal.keys.service import load_keys, mark_state, store_key, unseal
 from portal.orgs import create_org
+from tests.api_helpers import API, Api, assert_error, make_token
 from tests.conftest import random_id
-
-API = "/api/v1"
-
-
-class Api:
-    """A bearer-token client of the data API."""
-
-    def __init__(self, client: FlaskClient, token: str | None) -> None:
-        """Remember the test client and the token sent with every request."""
-        self.client = client
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-
-    def get(self, path: str, **query: Any):
-        """GET an API path with a query string."""
-        return self.client.get(API + path, query_string=query, headers=self.headers)
-
-    def post_json(self, path: str, body: Any):
-        """POST a JSON document."""
-        return self.client.post(API + path, json=body, headers=self.headers)
-
-    def post_raw(self, path: str, data: bytes | str, content_type: str):
-        """POST a body exactly as given, with the given content type."""
-        return self.client.post(
-            API + path, data=data, content_type=content_type, headers=self.headers
-        )
-
-    def upload(self, conv_id: str, content: bytes, filename: str, content_type: str | None):
-        """POST a file as multipart field ``file``."""
-        part = (io.BytesIO(content), filename, content_type) if content_type else None
-        part = part or (io.BytesIO(content), filename)
-        return self.client.post(
-            f"{API}/conversations/{conv_id}/attachments",
-            data={"file": part},
-            content_type="multipart/form-data",
-            headers=self.headers,
-        )
-
-    def conversation(self, title: str = "t", metadata: dict | None = None) -> str:
-        """Create a conversation and return its id."""
-        response = self.post_json("/conversations", {"title": title, "metadata": metadata or {}})
-        assert response.status_code == 201, response.get_json()
-        return response.get_json()["id"]
-
-    def message(self, conv_id: str, body: str, author: str = "ada") -> str:
-        """Add a message and return its id."""
-        response = self.post_json(
-            f"/conversations/{conv_id}/messages", {"body": body, "author": author}
-        )
-        assert response.status_code == 201, response.get_json()
-        return response.get_json()["id"]
-
-    def attachment(self, conv_id: str, content: bytes, filename: str = "f.bin") -> str:
-        """Attach a file and return its id."""
-        response = self.upload(conv_id, content, filename, "application/octet-stream")
-        assert response.status_code == 201, response.get_json()
-        return response.get_json()["id"]
-
-
-def make_token(app: Flask, company_id: uuid.UUID, name: str = "test") -> str:
-    """Create an API token for an organisation directly through the service."""
-    with app.app_context():
-        db = get_session()
-        token = create_token(db, company_id, name)
-        db.commit()
-    return token
 
 
 @pytest.fixture
@@ -105,16 +41,6 @@ def api_a(app: Flask, client: FlaskClient, orgs: dict) -> Api:
 def api_b(app: Flask, orgs: dict) -> Api:
     """A client holding a token of organisation B (its own test client)."""
     return Api(app.test_client(), make_token(app, orgs["b"]["id"], "token-b"))
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    """Check an API error: the status, a JSON body with error and message, and the code."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    body = response.get_json()
-    assert isinstance(body, dict) and set(body) >= {"error", "message"}, body
-    if code is not None:
-        assert body["error"] == code, body
-    return body
 
 
 def rows(app: Flask, table: str, **where: Any) -> list[Any]:
@@ -797,8 +723,9 @@ def test_a_ciphertext_copied_into_other_rows_reads_as_unreadable_with_one_audit_
     event = events[0]
     details = json.loads(event.details)
     assert details["count"] == 2
-    assert details["kind"] == "messages"
-    assert details["key_id"] == platform_key(app, orgs["a"]["id"])[0]
+    assert details["kinds"] == {"messages": 2}
+    platform_id = bytes.fromhex(platform_key(app, orgs["a"]["id"])[0])
+    assert details["fingerprint"] == crypto.fingerprint(platform_id)
     assert event.outcome == "failure"
     assert event.actor_type == "api_token"
 
@@ -831,7 +758,7 @@ def test_copied_conversation_and_attachment_values_are_unreadable_not_errors(app
     assert len(immediate) == len(minutes) <= 2
     from portal.audit import aggregate
 
-    key_id = json.loads(immediate[0].details)["key_id"]
+    key_id = json.loads(immediate[0].details)["fingerprint"]
     with app.app_context():
         db = get_session()
         for minute in minutes:
@@ -840,7 +767,8 @@ def test_copied_conversation_and_attachment_values_are_unreadable_not_errors(app
     events = decrypt_failed_events(app, orgs["a"]["id"])
     assert sum(json.loads(e.details)["count"] for e in events) == 3
     assert len(events) <= 2 * len(minutes)
-    assert {json.loads(e.details)["kind"] for e in immediate} <= {"conversations", "attachments"}
+    kinds = {k for e in immediate for k in json.loads(e.details)["kinds"]}
+    assert kinds <= {"conversations", "attachments"}
 
 
 def test_a_ciphertext_moved_to_another_organisation_is_under_an_unknown_key(
@@ -1025,7 +953,6 @@ def test_responses_match_the_documented_schemas(api_a):
 
 
 def test_edit_message_re_encrypts_under_the_current_key_and_is_tenant_scoped(app, orgs):
-    from portal.chat.service import create_token
 
     with app.app_context():
         from portal.db import get_session
