@@ -47,7 +47,10 @@ def test_a_burst_of_failures_is_one_event_then_one_count_per_key_and_minute(app,
         db.commit()
     assert first and other
     immediate = _events(app, company)
-    assert sorted(e["key_id"] for e in immediate) == ["aa" * 8, "bb" * 8]
+    assert sorted(e["fingerprint"] for e in immediate) == [
+        "aaaa:" * 3 + "aaaa",
+        "bbbb:" * 3 + "bbbb",
+    ]
     with app.app_context():
         db = get_session()
         assert aggregate.flush(db, company, "aa" * 8, "2026-11-28T12:30Z") == 500
@@ -57,8 +60,9 @@ def test_a_burst_of_failures_is_one_event_then_one_count_per_key_and_minute(app,
     events = _events(app, company)
     assert len(events) == 3
     follow_up = next(e for e in events if e.get("aggregated"))
-    assert follow_up["count"] == 500 and follow_up["key_id"] == "aa" * 8
-    assert len(follow_up["items"]) <= aggregate.SAMPLES
+    assert follow_up["count"] == 500 and follow_up["fingerprint"] == "aaaa:" * 3 + "aaaa"
+    assert follow_up["kinds"] == {"messages": 500}
+    assert len(follow_up["items"]["messages"]) <= aggregate.SAMPLES
 
 
 def test_the_next_minute_starts_a_new_bucket(app, orgs):

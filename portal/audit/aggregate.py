@@ -1,14 +1,17 @@
 """Failed decryptions, aggregated per key and minute so a broken key cannot flood the log.
 
 The first failures of a key in a minute are recorded at once (the log shows the problem
-immediately); further failures in that minute only count up in Redis, and one follow-up
-event with their count is written when the minute is over.
+immediately); further failures in that minute only count up in Redis, per actor and kind of
+item, and when the minute is over one follow-up event per actor is written with its counts
+per kind and a few sample item ids of each. Keys are named by fingerprint, as everywhere
+people read them.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,10 +19,74 @@ import redis
 from flask import current_app, has_app_context
 from sqlalchemy.orm import Session
 
+from portal import crypto
 from portal.events import emit
 
 ACTION = "encryption_key.decrypt_failed"
 SAMPLES = 20
+# Separates the parts of a bucket field; JSON escapes it, so an actor's label cannot hold it.
+_SEP = "\x1f"
+
+
+@dataclass(frozen=True)
+class RecordedActor:
+    """An actor as a failure bucket keeps it (type, id, label), shaped as emit() reads one."""
+
+    actor_type: str
+    id: str
+    name: str
+    email: str | None = None
+    company_id: None = None
+
+
+def _key_ids(key_id: str) -> list[str]:
+    """The hex key ids named by hex ids or fingerprints, comma-separated ('unknown' stays)."""
+    ids = []
+    for part in key_id.split(","):
+        try:
+            ids.append(crypto.parse_fingerprint(part).hex())
+        except ValueError:
+            ids.append(part.strip())
+    return ids
+
+
+def fingerprints(key_id: str) -> str:
+    """Name the key (or a rotation's old keys) as people see them: by fingerprint."""
+    names = []
+    for part in _key_ids(key_id):
+        try:
+            names.append(crypto.fingerprint(bytes.fromhex(part)))
+        except ValueError:
+            names.append(part)
+    return ", ".join(names)
+
+
+def _actor_ref(actor: Any) -> str:
+    """Encode who read as JSON for Redis: a label string, or [type, id, label] (no secret)."""
+    if actor is None or isinstance(actor, str):
+        return json.dumps(actor)
+    label = getattr(actor, "email", None) or getattr(actor, "name", "")
+    return json.dumps([getattr(actor, "actor_type", "user"), str(actor.id), label])
+
+
+def _actor(ref: str) -> Any:
+    """Rebuild the actor ``_actor_ref`` encoded, for emit()."""
+    value = json.loads(ref)
+    if value is None or isinstance(value, str):
+        return value
+    kind, ident, label = value
+    return RecordedActor(kind, ident, label, email=label if kind == "user" else None)
+
+
+def _details(key_id: str, minute: str, kinds: dict[str, tuple[int, list[str]]]) -> dict:
+    """An event's details: the key, the failures per kind with samples, and their total."""
+    return {
+        "fingerprint": fingerprints(key_id),
+        "count": sum(n for n, _ in kinds.values()),
+        "kinds": {kind: n for kind, (n, _) in kinds.items()},
+        "items": {kind: samples[:SAMPLES] for kind, (_, samples) in kinds.items()},
+        "minute": minute,
+    }
 
 
 def _bucket_key(company_id: uuid.UUID, key_id: str, minute: str) -> str:
@@ -36,38 +103,40 @@ def record(
     actor: Any,
     now: datetime | None = None,
 ) -> bool:
-    """Count failed decryptions; return True if an event was written now (first in minute)."""
+    """Count failed decryptions; return True if an event was written now (first in minute).
+
+    ``key_id`` is the hex key id (comma-separated for a rotation's old keys, or "unknown");
+    ``actor`` is the API token, user or system label that read.
+    """
     now = now or datetime.now(UTC)
     minute = now.strftime("%Y-%m-%dT%H:%MZ")
-    details = {
-        "key_id": key_id,
-        "kind": kind,
-        "count": len(items),
-        "items": items[:SAMPLES],
-        "minute": minute,
-    }
+    key_text = ",".join(_key_ids(key_id))
+    details = _details(key_text, minute, {kind: (len(items), items)})
     client = _redis()
     if client is None:
         emit(
             session, ACTION, outcome="failure", actor=actor, company_id=company_id, details=details
         )
         return True
-    name = _bucket_key(company_id, key_id, minute)
+    name = _bucket_key(company_id, key_text, minute)
     try:
         pipe = client.pipeline()
-        pipe.hsetnx(name, "first", len(items))
-        pipe.hincrby(name, "total", len(items))
-        pipe.hset(name, "kind", kind)
-        pipe.hset(name, "samples", json.dumps(items[:SAMPLES]))
+        pipe.hsetnx(name, "first", 1)
         pipe.expire(name, 86400)
-        first, _total, *_ = pipe.execute()
+        first, _ = pipe.execute()
+        if not first:
+            group = _SEP.join((_actor_ref(actor), kind))
+            pipe = client.pipeline()
+            pipe.hincrby(name, "n" + _SEP + group, len(items))
+            pipe.hsetnx(name, "s" + _SEP + group, json.dumps(items[:SAMPLES]))
+            pipe.execute()
     except (redis.RedisError, OSError):
         first = True  # without Redis every failure is written: flooding beats losing it
     if first:
         emit(
             session, ACTION, outcome="failure", actor=actor, company_id=company_id, details=details
         )
-        _schedule_flush(company_id, key_id, minute, now)
+        _schedule_flush(company_id, key_text, minute, now)
     return bool(first)
 
 
@@ -101,33 +170,50 @@ def _schedule_flush(company_id: uuid.UUID, key_id: str, minute: str, now: dateti
         pass  # the first event is written; only the follow-up count is at stake
 
 
+def _groups(bucket: dict[bytes, bytes]) -> dict[str, dict[str, tuple[int, list[str]]]]:
+    """A bucket's counts and samples, per actor and then per kind."""
+    groups: dict[str, dict[str, tuple[int, list[str]]]] = {}
+    for raw_field, raw_value in bucket.items():
+        tag, _, group = raw_field.decode().partition(_SEP)
+        if tag not in ("n", "s"):
+            continue
+        actor, _, kind = group.rpartition(_SEP)
+        count, samples = groups.setdefault(actor, {}).get(kind, (0, []))
+        if tag == "n":
+            count = int(raw_value)
+        else:
+            samples = json.loads(raw_value)
+        groups[actor][kind] = (count, samples)
+    return groups
+
+
 def flush(session: Session, company_id: uuid.UUID, key_id: str, minute: str) -> int:
-    """Write one event with the failures counted after the first ones; return that count."""
+    """Write one event per actor with the failures counted after the first ones.
+
+    ``key_id`` is the hex key id or the fingerprint the first event shows. Returns the
+    number of failures written.
+    """
     client = _redis()
     if client is None:
         return 0
-    name = _bucket_key(company_id, key_id, minute)
+    key_text = ",".join(_key_ids(key_id))
+    name = _bucket_key(company_id, key_text, minute)
     pipe = client.pipeline()
     pipe.hgetall(name)
     pipe.delete(name)
     bucket, _ = pipe.execute()
-    if not bucket:
-        return 0
-    later = int(bucket.get(b"total", 0)) - int(bucket.get(b"first", 0))
-    if later > 0:
+    written = 0
+    for actor, kinds in sorted(_groups(bucket).items()):
+        details = _details(key_text, minute, kinds)
+        if details["count"] <= 0:
+            continue
         emit(
             session,
             ACTION,
             outcome="failure",
-            actor="system",
+            actor=_actor(actor),
             company_id=company_id,
-            details={
-                "key_id": key_id,
-                "kind": bucket.get(b"kind", b"").decode(),
-                "count": later,
-                "minute": minute,
-                "aggregated": True,
-                "items": json.loads(bucket.get(b"samples", b"[]")),
-            },
+            details={**details, "aggregated": True},
         )
-    return later
+        written += details["count"]
+    return written
