@@ -101,12 +101,16 @@ def _internal_error(error: Exception):
 
 
 def _token_key() -> str:
-    """Rate-limit key for the data API: the bearer token (hashed), else the address."""
-    import hashlib
+    """Rate-limit key for the data API: the authenticated token's id, else the address.
 
-    header = request.headers.get("Authorization", "")
-    if header:
-        return "api:" + hashlib.sha256(header.encode()).hexdigest()[:32]
+    Keyed after authentication, so no spelling of the header earns a fresh allowance, and
+    an invalid token shares its address's allowance; no token reaches a Redis key name.
+    """
+    from portal.api.auth import request_token
+
+    row = request_token()
+    if row is not None:
+        return f"api-token:{row.id}"
     return "api-anon:" + (get_remote_address() or "")
 
 

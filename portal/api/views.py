@@ -13,6 +13,7 @@ from sqlalchemy.orm import defer
 
 from portal import crypto
 from portal.api import bp
+from portal.api.auth import request_token
 from portal.api.openapi import openapi_document
 from portal.chat import service
 from portal.chat.models import Attachment, Conversation, Message
@@ -73,9 +74,7 @@ def _authenticate() -> None:
     """Resolve the bearer token to its organisation (the OpenAPI document is public)."""
     if request.endpoint == "api.openapi":
         return
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    row = service.find_token(get_session(), token.strip()) if scheme.lower() == "bearer" else None
+    row = request_token()
     if row is None:
         raise ApiError(401, "unauthorized", "a valid bearer token is required")
     g.api_token = row
