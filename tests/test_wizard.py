@@ -723,7 +723,7 @@ def test_generated_key_is_kept_nowhere_in_database_redis_session_or_logs(app, ad
     assert scan_database(app, [key]) == []
     assert scan_redis(app, [key]) == []
     cookie = session_cookie(app, admin.client)
-    assert cookie.get("generated_fingerprint") == fp
+    assert cookie.get("generated_fingerprints") == [fp]
     assert not any(form.decode("latin-1") in json.dumps(cookie) for form in key_forms(key))
     assert not any(form.decode("latin-1") in caplog.text for form in key_forms(key))
     # Only the fingerprint is audited, and no key row exists until the key is pasted back.

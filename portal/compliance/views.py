@@ -48,6 +48,31 @@ FORMS = {
 }
 
 
+# The fingerprints (never the keys) of the keys generated in this session, newest last.
+GENERATED = "generated_fingerprints"
+GENERATED_KEPT = 20
+
+
+def _remember_generated(fp: str) -> None:
+    """Note that this session generated the key with this fingerprint."""
+    kept = [f for f in session.get(GENERATED, []) if f != fp]
+    session[GENERATED] = [*kept[-(GENERATED_KEPT - 1) :], fp]
+
+
+def _generated_here(text: str) -> str | None:
+    """Return the pasted key's fingerprint if this session generated it, else None."""
+    try:
+        fp = crypto.fingerprint(crypto.key_id(ops.read_key(text or "")))
+    except ops.KeyOperationError:
+        return None
+    return fp if fp in session.get(GENERATED, []) else None
+
+
+def _forget_generated(fp: str) -> None:
+    """Drop a fingerprint once its key is in use (a key is never enabled twice)."""
+    session[GENERATED] = [f for f in session.get(GENERATED, []) if f != fp]
+
+
 def _user_key() -> str:
     """Rate-limit key for key operations: the signed-in user."""
     return f"key-ops:{current_user.get_id()}"
@@ -185,7 +210,7 @@ def generate():
             "errors/_error.html", status=403, title="Not available", message=exc.message
         ), 403
     get_session().commit()
-    session["generated_fingerprint"] = fp
+    _remember_generated(fp)
     context = {"generated_key": format_key(key), "fingerprint": fp}
     if is_htmx():
         return render_template("compliance/_generated.html", **context)
@@ -238,14 +263,14 @@ def enable():
             current_user,
             form.key.data or "",
             form.tested_fingerprint.data or "",
-            session.get("generated_fingerprint"),
+            _generated_here(form.key.data),
         ),
         needs_reauth=True,
     )
     if row is None:
         # A mistyped password must not make the admin test the key again.
         return _refused("enable", form, org, tested=_still_tested(form))
-    session.pop("generated_fingerprint", None)
+    _forget_generated(row.fingerprint)
     return _done(f"BYOK is enabled with key {row.fingerprint}. New data is encrypted with it.", org)
 
 
@@ -383,14 +408,14 @@ def rotate_start():
             current_user,
             form.current_key.data or "",
             form.new_key.data or "",
-            session.get("generated_fingerprint"),
+            _generated_here(form.new_key.data),
         ),
         needs_reauth=True,
     )
     if run is None:
         return _refused("rotate", form, org, tested=tested, tested_field="new_key")
     get_session().commit()
-    session.pop("generated_fingerprint", None)
+    _forget_generated(tested)
     enqueue_ranges(current_app._get_current_object(), run.id)
     target = url_for("rotation.show", run_id=run.id)
     return hx_redirect(target) if is_htmx() else redirect(target, code=303)
