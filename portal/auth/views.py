@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from flask import current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_user, logout_user
@@ -20,11 +20,42 @@ LOGIN_FAILED = "Email or password is not correct."
 
 def _safe_next(target: str | None) -> str:
     """Return ``target`` (a path inside the portal) under the portal's prefix, else home."""
-    if target and "\\" not in target:
-        parts = urlsplit(target)
-        if not parts.scheme and not parts.netloc and target.startswith("/"):
-            return request.script_root + target
+    if target and _is_portal_path(target):
+        return request.script_root + target
     return url_for("home.index")
+
+
+def _is_portal_path(target: str) -> bool:
+    """Tell whether ``target`` is a plain path of this portal, however its path is encoded.
+
+    Browsers read ``//host``, ``/\\host``, tabs and newlines, unicode look-alikes and dot
+    segments in ways that can leave the site, so only printable ASCII is accepted, and the
+    path rules hold for every percent-decoding of the path as well.
+    """
+    if not all(33 <= ord(ch) <= 126 for ch in target) or "\\" in target:
+        return False
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return False
+    path = parts.path
+    for _ in range(4):
+        if not _plain_path(path):
+            return False
+        decoded = unquote(path)
+        if decoded == path:
+            return True
+        path = decoded
+    return False
+
+
+def _plain_path(path: str) -> bool:
+    """One leading ``/``; no empty, ``.`` or ``..`` segment; printable ASCII, no backslash."""
+    if not all(33 <= ord(ch) <= 126 for ch in path) or "\\" in path:
+        return False
+    if not path.startswith("/") or urlsplit(path).netloc:
+        return False
+    segments = path.split("/")[1:]
+    return "" not in segments[:-1] and not {".", ".."} & set(segments)
 
 
 def _login_email() -> str:
