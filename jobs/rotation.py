@@ -90,6 +90,9 @@ def _process(app: Flask, run_id: uuid.UUID, range_id: int) -> str:
                     RotationRun.id == run_id
                 )
             ).one()
+            # End the read before any wait: a sleep inside a transaction keeps the backend
+            # `idle in transaction`, and a connection dropped meanwhile would cost the range.
+            db.commit()
             if state != "running":
                 _release(db, range_id, me)
                 return f"stopped: run is {state}"
@@ -97,6 +100,7 @@ def _process(app: Flask, run_id: uuid.UUID, range_id: int) -> str:
                 wait = last_batch + 1.0 / throttle - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
+                    continue  # look at the run again: it may have been paused meanwhile
             last_batch = time.monotonic()
             result = engine.run_batch(
                 db.connection(),

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,23 @@ class WorkerGroup:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+@contextlib.contextmanager
+def worker_groups(log_dir: Path) -> Iterator[Callable[..., WorkerGroup]]:
+    """Start worker groups; every one still running is SIGKILLed (with its horses) at the end."""
+    started: list[WorkerGroup] = []
+
+    def start(env: dict[str, str], name: str = "worker", count: int = 1) -> WorkerGroup:
+        group = WorkerGroup(env, log_dir, name, count).start()
+        started.append(group)
+        return group
+
+    try:
+        yield start
+    finally:
+        for group in started:
+            group.kill()
 
 
 class PrivateRedis:

@@ -27,7 +27,6 @@ from portal.rotation import service
 from portal.rotation.models import RotationFailure
 from tests.fault_helpers import (
     PrivateRedis,
-    WorkerGroup,
     assert_rotated_intact,
     bulk_seed,
     cli,
@@ -42,6 +41,7 @@ from tests.fault_helpers import (
     start_run,
     wait_for,
     wait_for_end,
+    worker_groups,
 )
 from tests.rotation_helpers import b64, enable_byok, plaintext_digest
 
@@ -66,17 +66,9 @@ def rng(request) -> random.Random:
 
 @pytest.fixture
 def workers(app, tmp_path):
-    """Start worker groups; every one still running is SIGKILLed (with its horses) at the end."""
-    started: list[WorkerGroup] = []
-
-    def start(env: dict[str, str], name: str = "worker", count: int = 1) -> WorkerGroup:
-        group = WorkerGroup(env, tmp_path, name, count).start()
-        started.append(group)
-        return group
-
-    yield start
-    for group in started:
-        group.kill()
+    """Start worker groups; every one still running is SIGKILLed at the end."""
+    with worker_groups(tmp_path) as start:
+        yield start
 
 
 @pytest.fixture
