@@ -51,8 +51,8 @@ UNREADABLE = {
 TEXT_OR_UNREADABLE = {"oneOf": [{"type": "string"}, {"$ref": "#/components/schemas/Unreadable"}]}
 
 
-def openapi_document() -> dict[str, Any]:
-    """Return the OpenAPI document of ``/api/v1``."""
+def openapi_document(server: str = "/api/v1") -> dict[str, Any]:
+    """Return the OpenAPI document of the API served at ``server`` (a path)."""
     writes = {
         "409": _error("BYOK is required here and the organisation has not enabled its key"),
         "503": _error("the organisation's key is unavailable"),
@@ -70,7 +70,7 @@ def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "byok-portal data API", "version": "1"},
-        "servers": [{"url": "/api/v1"}],
+        "servers": [{"url": server}],
         "security": [{"bearer": []}],
         "paths": {
             "/conversations": {

@@ -69,6 +69,17 @@ def _byok_required(exc: ByokRequired):
     return jsonify(error="byok_required", message=str(exc)), 409
 
 
+@bp.after_app_request
+def _no_store(response: Response) -> Response:
+    """Never let a browser or proxy keep a data-API answer: most carry decrypted content.
+
+    App-wide, so that answers to unknown /api/v1 paths (which match no API route) get it too.
+    """
+    if request.path == bp.url_prefix or request.path.startswith(f"{bp.url_prefix}/"):
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @bp.before_request
 def _authenticate() -> None:
     """Resolve the bearer token to its organisation (the OpenAPI document is public)."""
@@ -317,4 +328,6 @@ def get_attachment(att_id: uuid.UUID):
 @bp.get("/openapi.json")
 def openapi():
     """Publish the API's OpenAPI document."""
-    return jsonify(openapi_document())
+    # Behind a path prefix (SCRIPT_NAME, or a trusted proxy's X-Forwarded-Prefix) the API
+    # lives under it too, and generated clients take their base URL from here.
+    return jsonify(openapi_document(request.script_root + (bp.url_prefix or "")))
