@@ -74,8 +74,9 @@ def _forget_generated(fp: str) -> None:
 
 
 def _user_key() -> str:
-    """Rate-limit key for key operations: the signed-in user."""
-    return f"key-ops:{current_user.get_id()}"
+    """Rate-limit key for key operations: the signed-in user's id (never the session token,
+    so signing in again does not reset the allowance, and no token reaches Redis)."""
+    return f"key-ops:{current_user.id}"
 
 
 key_ops_limit = limiter.limit(
