@@ -8,8 +8,11 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from flask import Flask
 from sqlalchemy import select
@@ -97,47 +100,162 @@ def seed_chat(db, org: Organization) -> None:
             )
 
 
+STOP_GRACE_SECONDS = 10.0  # how long the worker and Redis get to stop before SIGKILL
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def say(line: str = "") -> None:
+    """Print a line; once nobody reads the demo's output any more, drop it and carry on.
+
+    ``byok-portal demo | tee log`` and Ctrl-C kill tee first, and a closed terminal answers
+    EIO: neither may keep the demo from stopping what it started.
+    """
+    try:
+        print(line, flush=True)
+    except OSError:  # EPIPE (BrokenPipeError), or EIO from a hung-up terminal
+        _discard_output()
+
+
+def _discard_output() -> None:
+    """Point stdout, and stderr where it is the same pipe or terminal, at /dev/null."""
+    out = sys.stdout.fileno()
+    gone = os.fstat(out)
+    err = os.fstat(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, out)
+    if (err.st_dev, err.st_ino) == (gone.st_dev, gone.st_ino):
+        os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def _relay(stream: IO[bytes]) -> None:
+    """Copy a child's output to the demo's, so that only the demo ever meets a gone reader."""
+    for line in iter(stream.readline, b""):
+        say(line.decode(errors="replace").rstrip("\n"))
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """Return a pre-exec function asking Linux to SIGTERM the child if the demo dies (even
+    by SIGKILL, which leaves it no time to stop anything); None elsewhere.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
+    return lambda: prctl(1, signal.SIGTERM)  # 1 is PR_SET_PDEATHSIG
+
+
+class Children:
+    """What the demo starts, each a process group of its own, outside the terminal's.
+
+    Ctrl-C then reaches the demo alone, which stops the worker before Redis, each with
+    SIGTERM and a grace period, then kills each group, so that nothing started below them
+    (RQ work horses, the scheduler, the watchdog) outlives the demo.
+    """
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+        self._preexec = _parent_death_signal()
+
+    def start(
+        self, command: list[str], relay: bool = False, env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
+        """Start a command in a new process group; ``relay`` copies its output to the demo's."""
+        output = subprocess.PIPE if relay else subprocess.DEVNULL
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+            env=env,
+            preexec_fn=self._preexec,  # safe: the demo starts its children before any thread
+        )
+        self.procs.append(proc)
+        if relay:
+            threading.Thread(target=_relay, args=(proc.stdout,), daemon=True).start()
+        return proc
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        """SIGTERM a child, give it the grace period, then SIGKILL its whole group."""
+        try:
+            os.kill(proc.pid, signal.SIGTERM)  # not terminate(): that may reap the child
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            while not _exited(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            # Still unreaped, the leader's pid cannot be reused: the group is still its own.
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+    def stop_all(self) -> None:
+        """Stop every child, the most recently started first."""
+        for proc in reversed(self.procs):
+            self.stop(proc)
+
+
+def _exited(pid: int) -> bool:
+    """Tell whether a child has exited, leaving it unreaped."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
 def run_demo(host: str, port: int) -> None:
     """Initialise, seed, serve the portal and a worker, print the logins; stop on a signal."""
     from werkzeug.serving import make_server
 
     from portal import create_app
-    from portal.redis_conn import connect, stop_embedded
+    from portal.redis_conn import connect, ensure_embedded, stop_embedded
     from portal.setup import initialise
 
     def _stop(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
-    # From here on SIGTERM unwinds like Ctrl-C, so whatever was started gets stopped.
-    signal.signal(signal.SIGTERM, _stop)
-    app = create_app()
-    worker = server = None
+    # From here on SIGTERM and SIGHUP unwind like Ctrl-C, so whatever was started gets stopped.
+    for signum in STOP_SIGNALS[1:]:
+        signal.signal(signum, _stop)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a gone reader is EPIPE, handled by say()
+    children = Children()
+    app = server = None
+    status = 0
+    found_redis = False  # an embedded Redis of an earlier run, not started by this one
     try:
+        app = create_app()
+        home = Path(app.config["BYOK_HOME"])
         with app.app_context():
             for line in initialise(app):
-                print(line)
+                say(line)
             logins = seed(app)
+        if _embedded(app):
+            app.config["REDIS_URL"] = ensure_embedded(home, spawn=children.start)
+            found_redis = not children.procs
         connect(app)
-        env = dict(os.environ, REDIS_URL=app.config["REDIS_URL"], BYOK_HOME=app.config["BYOK_HOME"])
-        worker = subprocess.Popen([sys.executable, "-m", "portal.cli", "worker"], env=env)
-        server = make_server(host, port, app, threaded=True)
-        _print_logins(f"http://{host}:{port}/", logins)
-        server.serve_forever()
+        env = dict(os.environ, REDIS_URL=app.config["REDIS_URL"], BYOK_HOME=str(home))
+        children.start([sys.executable, "-m", "portal.cli", "worker"], relay=True, env=env)
+        try:
+            server = make_server(host, port, app, threaded=True)
+        except OSError as exc:
+            say(f"cannot serve on {host}:{port}: {exc.strerror}")
+            status = 1
+        else:
+            _print_logins(f"http://{host}:{port}/", logins)
+            server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        print("stopping: web server, worker" + (", embedded Redis" if _embedded(app) else ""))
+        for signum in STOP_SIGNALS:  # a second Ctrl-C must not cut the stopping short
+            signal.signal(signum, signal.SIG_IGN)
+        embedded = app is not None and _embedded(app)
+        say("stopping: web server, worker" + (", embedded Redis" if embedded else ""))
         if server is not None:
             server.server_close()
-        if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        if _embedded(app):
+        children.stop_all()
+        if found_redis:
             stop_embedded(Path(app.config["BYOK_HOME"]))
-        print("stopped", flush=True)
+        say("stopped")
+    if status:
+        raise SystemExit(status)
 
 
 def _embedded(app: Flask) -> bool:
@@ -147,9 +265,9 @@ def _embedded(app: Flask) -> bool:
 
 def _print_logins(url: str, logins: dict[str, str]) -> None:
     """Print the portal's address and every demo login."""
-    print()
-    print(f"byok-portal demo is running at {url}")
-    print("Sign in with one of these (passwords are kept in the instance folder):")
+    say()
+    say(f"byok-portal demo is running at {url}")
+    say("Sign in with one of these (passwords are kept in the instance folder):")
     for email, password in logins.items():
-        print(f"  {email:<44} {password}")
-    print("Press Ctrl-C to stop.", flush=True)
+        say(f"  {email:<44} {password}")
+    say("Press Ctrl-C to stop.")

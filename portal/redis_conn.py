@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -35,8 +36,14 @@ def embedded_url(home: Path) -> str:
     return f"unix://{home / SOCKET_NAME}"
 
 
-def ensure_embedded(home: Path, timeout: float = 10.0) -> str:
-    """Start the embedded Redis in ``home`` unless one already answers; return its URL."""
+def ensure_embedded(
+    home: Path, timeout: float = 10.0, spawn: Callable[[list[str]], object] | None = None
+) -> str:
+    """Start the embedded Redis in ``home`` unless one already answers; return its URL.
+
+    The server daemonizes, unless ``spawn`` is given: then it runs in the foreground, started
+    by ``spawn(command)`` (the demo keeps it in the process group it stops on exit).
+    """
     url = embedded_url(home)
     if _answers(url):
         return url
@@ -53,11 +60,14 @@ def ensure_embedded(home: Path, timeout: float = 10.0) -> str:
         "--dir", str(home),
         "--dbfilename", "redis.rdb",
         "--appendonly", "yes",
-        "--daemonize", "yes",
+        "--daemonize", "yes" if spawn is None else "no",
         "--pidfile", str(home / PID_NAME),
         "--logfile", str(home / "redis.log"),
     ]  # fmt: skip
-    subprocess.run(command, check=True)
+    if spawn is None:
+        subprocess.run(command, check=True)
+    else:
+        spawn(command)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _answers(url):
