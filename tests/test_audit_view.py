@@ -456,10 +456,10 @@ def export(client: FlaskClient, fmt: str, query: str = "") -> tuple[list[dict], 
 
 
 def db_rows(app: Flask, ids: list[int]) -> list[dict]:
-    """The stored events with these ids, oldest first, as export-style dicts."""
+    """The stored events with these ids, newest first, as export-style dicts."""
     with app.app_context():
         events = get_session().scalars(
-            select(AuditEvent).where(AuditEvent.id.in_(ids)).order_by(AuditEvent.id)
+            select(AuditEvent).where(AuditEvent.id.in_(ids)).order_by(AuditEvent.id.desc())
         )
         return [
             {
@@ -495,7 +495,7 @@ def test_export_rows_equal_the_filtered_set_with_chain_hashes(
     client = login_as("auditor_a")
     expected = org_a_ids(app, **where)
     rows, _ = export(client, fmt, query)
-    assert [int(r["id"]) for r in rows] == sorted(expected)
+    assert [int(r["id"]) for r in rows] == expected  # newest first, as the page lists them
     for row, stored in zip(rows, db_rows(app, expected), strict=True):
         for name, value in stored.items():
             assert str(row[name]) == str(value), name
@@ -541,7 +541,7 @@ def test_export_reads_keyset_chunks_without_losing_or_repeating_rows(
     assert response.is_streamed
     rows = [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
     where = {"category": "BYOK"} if "BYOK" in query else {}
-    assert [r["id"] for r in rows] == sorted(org_a_ids(app, **where))  # its own record too
+    assert [r["id"] for r in rows] == org_a_ids(app, **where)  # its own record too
 
 
 def test_unfiltered_export_includes_its_own_record_and_verifies_offline(
@@ -549,9 +549,9 @@ def test_unfiltered_export_includes_its_own_record_and_verifies_offline(
 ) -> None:
     """The recipe of docs/format.md ("Audit chain"), with nothing of the portal's code."""
     rows, _ = export(login_as("admin_a"), "jsonl")
-    assert rows[-1]["action"] == "audit.exported"
+    assert rows[0]["action"] == "audit.exported"  # newest first: the export's own record
     prev = "0" * 64
-    for row in rows:
+    for row in reversed(rows):
         hashed = {k: row[k] for k in row if k not in ("id", "category", "hash")}
         assert len(hashed) == 13
         encoded = json.dumps(hashed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

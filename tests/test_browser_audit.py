@@ -171,12 +171,12 @@ def test_admin_filters_pages_goes_back_expands_and_exports_the_audit_log(
     assert re.fullmatch(rf"audit-{ORG}-\d{{8}}T\d{{6}}Z\.csv", download.value.suggested_filename)
     body = Path(download.value.path()).read_text()
     exported = list(csv.DictReader(io.StringIO(body)))
-    assert [r["action"] for r in exported] == [
-        "BYOK.key_generated",
-        "BYOK.key_test",
-        "BYOK.key_test",
-        "BYOK.key_test",
+    assert [r["action"] for r in exported] == [  # newest first, as the page lists them
         "BYOK.enabled",
+        "BYOK.key_test",
+        "BYOK.key_test",
+        "BYOK.key_test",
+        "BYOK.key_generated",
     ]
     assert all(re.fullmatch(r"[0-9a-f]{64}", r["hash"]) for r in exported)
     assert key_text not in body and key_text not in page.content()

@@ -42,15 +42,19 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 def stream(
     engine: Engine, company_id: uuid.UUID, f: AuditFilter, upto: int
 ) -> Iterator[dict[str, Any]]:
-    """Yield the filtered events oldest first (chain order), read in keyset chunks."""
+    """Yield the filtered events newest first, as the page lists them, in keyset chunks.
+
+    ``upto`` is the id of the export's own event: nothing written after it is included.
+    """
     columns = [getattr(AuditEvent, name) for name in COLUMNS]
     where = [*conditions(company_id, f), AuditEvent.id <= upto]
+    order = [column.desc() for column in sort_key(f)]
     last: tuple[Any, ...] | None = None
     with engine.connect() as conn:
         while True:
-            query = select(*columns).where(*where).order_by(*sort_key(f)).limit(CHUNK)
+            query = select(*columns).where(*where).order_by(*order).limit(CHUNK)
             if last is not None:
-                query = query.where(beyond(f, last, older=False))
+                query = query.where(beyond(f, last, older=True))
             rows = conn.execute(query).all()
             conn.rollback()  # no snapshot or lock held between chunks of a long download
             for row in rows:

@@ -13,8 +13,8 @@ from sqlalchemy import select
 
 from portal.audit import export
 from portal.audit.filters import (
+    ACTIONS,
     CATEGORIES,
-    KNOWN_ACTIONS,
     AuditFilter,
     Page,
     load_page,
@@ -67,8 +67,7 @@ def _pretty(details: str) -> str:
 
 def _page(f: AuditFilter, company_id: uuid.UUID, page: Page | None, status: int) -> tuple[str, int]:
     """Render the whole Audit Log page: filters form and results."""
-    known = set(CATEGORIES) | set(KNOWN_ACTIONS)
-    extra = f.type if f.type and f.type not in known else None
+    extra = f.type if f.unknown_type else None
     html = render_template(
         "audit/index.html",
         f=f,
@@ -76,7 +75,7 @@ def _page(f: AuditFilter, company_id: uuid.UUID, page: Page | None, status: int)
         pretty=_pretty,
         actors=_actors(company_id),
         categories=CATEGORIES,
-        actions=KNOWN_ACTIONS,
+        actions=ACTIONS,
         extra_type=extra,
     )
     return html, status

@@ -258,6 +258,12 @@ CONTROL_STATES = {
     "resume": ({"paused", "failed"}, "running"),
     "cancel": ({"running", "queued", "paused", "failed"}, "cancelled"),
 }
+# Written out, not built from the verb, so the Audit Log's Type menu test can read them.
+CONTROL_EVENTS = {
+    "pause": "BYOK.rotation_paused",
+    "resume": "BYOK.rotation_resumed",
+    "cancel": "BYOK.rotation_cancelled",
+}
 
 
 def control(session: Session, run: RotationRun, action: str, actor: Any) -> RotationRun:
@@ -283,7 +289,7 @@ def control(session: Session, run: RotationRun, action: str, actor: Any) -> Rota
         )
     emit(
         session,
-        f"BYOK.rotation_{target if action != 'resume' else 'resumed'}",
+        CONTROL_EVENTS[action],
         actor=actor,
         company_id=run.company_id,
         details={"run_id": str(run.id)},
