@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 
-from flask import Flask, jsonify, redirect, render_template, request, session, url_for
+from flask import Flask, g, jsonify, redirect, render_template, request, session, url_for
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import current_user, logout_user
@@ -28,6 +29,8 @@ limiter = Limiter(key_func=get_remote_address, headers_enabled=True, strategy="f
 def init_app(app: Flask) -> None:
     """Install headers, session lifetimes, rate limiting and the 500 handler."""
     app.after_request(_headers)
+    # Registered before the limiter's own hook, so this runs after it has set its headers.
+    app.after_request(_retry_after)
     app.before_request(_session_lifetime)
     app.register_error_handler(Exception, _internal_error)
     app.config.setdefault("RATELIMIT_STORAGE_URI", _storage_uri(app))
@@ -54,6 +57,34 @@ def _headers(response):
     headers.setdefault("Referrer-Policy", "same-origin")
     headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
     headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+    return response
+
+
+def retry_after_seconds() -> int:
+    """Whole seconds until the breached rate limit lets this client in again, at least 1.
+
+    Rounded up: a client that waits exactly this long is not refused again.
+    """
+    if "retry_after" not in g:
+        try:
+            current = limiter.current_limit
+            reset_at = current.reset_at if current is not None else None
+        except Exception:  # noqa: BLE001 - the storage went away; a minute is a safe guess
+            reset_at = None
+        wait = 60 if reset_at is None else math.ceil(reset_at - time.time())
+        g.retry_after = max(1, wait)
+    return g.retry_after
+
+
+def _retry_after(response):
+    """Send Retry-After only when a request is refused for now (429, 503), never as 0."""
+    if response.status_code == 429:
+        if "retry_after" not in g and response.headers.get("X-RateLimit-Reset", "").isdigit():
+            reset_at = int(response.headers["X-RateLimit-Reset"])
+            g.retry_after = max(1, math.ceil(reset_at - time.time()))
+        response.headers["Retry-After"] = str(retry_after_seconds())
+    elif response.status_code != 503:
+        response.headers.pop("Retry-After", None)
     return response
 
 

@@ -92,12 +92,42 @@ def _csrf_error(error: CSRFError):
     return _http_error(error)
 
 
+MESSAGES = {
+    400: "The request could not be understood. Reload the page and try again.",
+    403: "Your role cannot open this page. An admin of your organisation can help.",
+    404: "There is nothing at this address.",
+    405: "This address cannot be used that way.",
+    413: "What you sent is too large.",
+}
+
+# What a rate limit counts, by the area that refused the request.
+LIMITED = {"auth": "sign-in attempts", "compliance": "key operations"}
+
+
+def _limited_message() -> str:
+    """Say what was limited and how long to wait ("Too many sign-in attempts; try again in
+    40 s"), in the same whole seconds as the Retry-After header."""
+    from flask import request
+
+    from portal.security import retry_after_seconds
+
+    what = LIMITED.get(request.blueprint or "", "requests")
+    return f"Too many {what}; try again in {retry_after_seconds()} s."
+
+
 def _http_error(error: HTTPException):
     """Render an HTTP error as JSON, an htmx fragment or a page, revealing no internals."""
     from flask import request
 
     status = error.code or 500
-    message = error.description if status < 500 else "Something went wrong."
+    if status == 429:
+        message = _limited_message()
+    elif status >= 500:
+        message = "Something went wrong."
+    elif error.description == type(error).description and status in MESSAGES:
+        message = MESSAGES[status]  # Werkzeug's generic text speaks of servers and files
+    else:
+        message = error.description
     if _wants_json(request):
         return jsonify(error=error.name.lower().replace(" ", "_"), message=message), status
     template = "errors/_error.html" if is_htmx() else "errors/error.html"
