@@ -59,6 +59,9 @@ class Config:
         )
         self.SALES_URL: str = env.get("SALES_URL", "mailto:sales@example.com")
         self.MAX_ATTACHMENT_BYTES: int = _int(env, "MAX_ATTACHMENT_BYTES", 25 * 1024 * 1024)
+        # A conversation's title (characters) and metadata (bytes of compact UTF-8 JSON).
+        self.MAX_TITLE_CHARS: int = _int(env, "MAX_TITLE_CHARS", 1000)
+        self.MAX_METADATA_BYTES: int = _int(env, "MAX_METADATA_BYTES", 64 * 1024)
         self.RQ_QUEUE: str = env.get("RQ_QUEUE", "byok")
         self.REAUTH_SECONDS: int = _int(env, "REAUTH_SECONDS", 300)
         # Rotation: batch bounds, how long one job works a range before handing it back,

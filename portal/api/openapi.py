@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from portal.chat.service import MAX_NESTING
+
 ID = {"type": "string", "format": "uuid"}
+DEFAULT_LIMITS = {"MAX_TITLE_CHARS": 1000, "MAX_METADATA_BYTES": 64 * 1024}
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -45,20 +48,33 @@ UNREADABLE = {
     "required": ["status", "reason"],
     "properties": {
         "status": {"const": "unreadable"},
-        "reason": {"enum": ["malformed", "unknown_key", "key_unavailable", "integrity"]},
+        "reason": {
+            "enum": ["malformed", "unknown_key", "key_unavailable", "integrity", "too_deep"],
+            "description": "too_deep: metadata stored before writes were bounded nests deeper "
+            f"than {MAX_NESTING} levels",
+        },
     },
 }
 TEXT_OR_UNREADABLE = {"oneOf": [{"type": "string"}, {"$ref": "#/components/schemas/Unreadable"}]}
 
 
-def openapi_document(server: str = "/api/v1") -> dict[str, Any]:
-    """Return the OpenAPI document of the API served at ``server`` (a path)."""
+def openapi_document(
+    server: str = "/api/v1", limits: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Return the OpenAPI document of the API served at ``server`` (a path), with its limits."""
+    limits = {**DEFAULT_LIMITS, **(limits or {})}
     writes = {
-        "409": _error("BYOK is required here and the organisation has not enabled its key"),
+        "409": _error(
+            "BYOK is required here and the organisation has no usable key of its own: none "
+            "enabled yet, or its key was declared lost or revoked (restore it)"
+        ),
         "503": _error("the organisation's key is unavailable"),
     }
     json_body = {
-        "400": _error("bad JSON or a missing field"),
+        "400": _error(
+            f"bad JSON, a missing field, a value nested over {MAX_NESTING} levels (too_deep), "
+            "or a title or metadata over its limit"
+        ),
         "415": _error("not application/json"),
         **writes,
     }
@@ -227,12 +243,12 @@ def openapi_document(server: str = "/api/v1") -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": _schemas(),
+            "schemas": _schemas(limits),
         },
     }
 
 
-def _schemas() -> dict[str, Any]:
+def _schemas(limits: dict[str, int]) -> dict[str, Any]:
     """Request and response bodies."""
     summary_props = {
         "id": ID,
@@ -253,8 +269,16 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["title"],
             "properties": {
-                "title": {"type": "string", "minLength": 1},
-                "metadata": {"type": "object"},
+                "title": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": limits["MAX_TITLE_CHARS"],
+                },
+                "metadata": {
+                    "type": "object",
+                    "description": f"at most {limits['MAX_METADATA_BYTES']} bytes as compact "
+                    f"UTF-8 JSON, nesting at most {MAX_NESTING} levels ({{}} is one level)",
+                },
             },
         },
         "NewMessage": {

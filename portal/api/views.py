@@ -96,12 +96,21 @@ def _json_body(*required: str) -> dict[str, Any]:
     """Return the request's JSON object after checking its content type and fields."""
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "send application/json")
+    too_deep = ApiError(
+        400, "too_deep", f"JSON values may nest at most {service.MAX_NESTING} levels deep"
+    )
     try:
         body = json.loads(request.get_data(cache=False) or b"null", parse_constant=_no_constant)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+    except RecursionError:
+        raise too_deep from None
+    except ValueError:  # UnicodeDecodeError is a ValueError
         raise ApiError(400, "bad_json", "the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_json", "the body must be a JSON object")
+    # Every value of the body (metadata included) is bounded, so reading it back and encoding
+    # it as JSON can never exhaust the stack.
+    if service.nests_deeper(body, service.MAX_NESTING + 1):
+        raise too_deep
     try:
         # JSON may escape lone surrogates ("\ud800"), which no UTF-8 text can hold: refuse
         # them here instead of failing with a 500 when the value is encoded for encryption.
@@ -169,9 +178,15 @@ def _conversation_summary(reader: service.Reader, conv: Conversation) -> dict[st
     try:
         out["title"] = reader.open("conversations", "title", conv.id, conv.title_ct).decode()
         meta = reader.open("conversations", "metadata", conv.id, conv.metadata_ct)
-        out["metadata"] = json.loads(meta)
     except crypto.DecryptionError as exc:
         out.update(service.unreadable(exc))
+        return out
+    document = service.decode_metadata(meta)
+    if document is None:
+        # Stored before writes were bounded: readable, but too deep to send back as JSON.
+        out.update(status="unreadable", reason="too_deep")
+    else:
+        out["metadata"] = document
     return out
 
 
@@ -182,6 +197,14 @@ def create_conversation():
     metadata = body.get("metadata", {})
     if not isinstance(metadata, dict):
         raise ApiError(400, "bad_metadata", "'metadata' must be a JSON object")
+    max_title = current_app.config["MAX_TITLE_CHARS"]
+    if len(body["title"]) > max_title:
+        raise ApiError(400, "bad_title", f"'title' may be at most {max_title} characters")
+    max_meta = current_app.config["MAX_METADATA_BYTES"]
+    if len(service.encode_metadata(metadata)) > max_meta:
+        raise ApiError(
+            400, "bad_metadata", f"'metadata' may be at most {max_meta} bytes as compact JSON"
+        )
     db = get_session()
     conv = service.create_conversation(db, g.company_id, body["title"], metadata)
     db.commit()
@@ -330,4 +353,5 @@ def openapi():
     """Publish the API's OpenAPI document."""
     # Behind a path prefix (SCRIPT_NAME, or a trusted proxy's X-Forwarded-Prefix) the API
     # lives under it too, and generated clients take their base URL from here.
-    return jsonify(openapi_document(request.script_root + (bp.url_prefix or "")))
+    limits = {k: current_app.config[k] for k in ("MAX_TITLE_CHARS", "MAX_METADATA_BYTES")}
+    return jsonify(openapi_document(request.script_root + (bp.url_prefix or ""), limits))
