@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from jobs.context import fresh_engine, get_app
 from portal.audit import aggregate
-from portal.db import utcnow
+from portal.db import scrub_rewritten, utcnow
 from portal.rotation import engine, service
 from portal.rotation.models import RotationRange, RotationRun
 
@@ -169,8 +169,12 @@ def _maybe_finish(
         run = db.get(RotationRun, run_id)
         outcome = service.verify_and_finish(db, run)
         db.commit()
+        rewritten = [k.table for k in engine.KINDS.values() if getattr(run, f"{k.name}_total")]
     if outcome == "running":
         enqueue_ranges(app, run_id)
+    elif outcome == "completed":
+        # After the completion commit: old ciphertext must not linger in the database files.
+        scrub_rewritten(app.extensions["db_engine"], rewritten)
 
 
 def enqueue_ranges(app: Flask, run_id: uuid.UUID, everything: bool = False) -> int:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from flask import Flask, current_app, g
 from sqlalchemy import DateTime, Engine, TypeDecorator, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+log = logging.getLogger(__name__)
 
 
 class Base(DeclarativeBase):
@@ -44,9 +48,11 @@ def new_id() -> uuid.UUID:
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    """Give SQLite concurrent readers, a patient writer and enforced foreign keys."""
+    """Give SQLite concurrent readers, a patient writer, enforced foreign keys, and freed
+    space overwritten with zeros (a rewritten ciphertext leaves no old copy in free pages)."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
@@ -62,6 +68,27 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def scrub_rewritten(engine: Engine, tables: Iterable[str]) -> None:
+    """After a committed rewrite of ``tables`` (a completed rotation), clear old row versions
+    from the database's files: SQLite checkpoints and truncates its WAL (secure_delete has
+    zeroed freed space already); PostgreSQL vacuums the tables. Never raises: a failure here
+    is logged and leaves the rewrite as it is.
+    """
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                busy, _frames, _done = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+                if busy:
+                    log.warning("WAL checkpoint after a rotation was blocked by a reader")
+            elif engine.dialect.name == "postgresql":
+                # VACUUM cannot run inside a transaction block.
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                for table in tables:
+                    conn.exec_driver_sql(f'VACUUM "{table}"')
+    except Exception as exc:  # noqa: BLE001 - hygiene after the commit must not fail a run
+        log.warning("clearing old row versions failed: %s: %s", type(exc).__name__, exc)
 
 
 def init_app(app: Flask) -> None:
