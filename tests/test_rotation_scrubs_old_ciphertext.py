@@ -93,9 +93,7 @@ def _vacuum_counts(app) -> dict[str, int]:
     return {name: int(count) for name, count in rows}
 
 
-def test_the_rotated_tables_are_vacuumed_when_a_run_completes_on_postgresql(
-    services, app, orgs
-):
+def test_the_rotated_tables_are_vacuumed_when_a_run_completes_on_postgresql(services, app, orgs):
     if not services.is_postgres:
         pytest.skip("VACUUM and pg_stat_user_tables are PostgreSQL's")
     org, old = _seeded(app, orgs)
