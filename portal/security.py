@@ -23,7 +23,15 @@ CSP = (
     "form-action 'self'; frame-ancestors 'none'"
 )
 
-limiter = Limiter(key_func=get_remote_address, headers_enabled=True, strategy="fixed-window")
+# While Redis is unreachable the limits are counted in each process's memory (with a
+# warning in the log) instead of refusing every request; they return to Redis once it answers.
+limiter = Limiter(
+    key_func=get_remote_address,
+    headers_enabled=True,
+    strategy="fixed-window",
+    in_memory_fallback_enabled=True,
+    swallow_errors=True,
+)
 
 
 def init_app(app: Flask) -> None:
@@ -35,7 +43,13 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(Exception, _internal_error)
     app.config.setdefault("RATELIMIT_STORAGE_URI", _storage_uri(app))
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    # A Redis that does not answer must not hold a request for long.
+    app.config.setdefault(
+        "RATELIMIT_STORAGE_OPTIONS", {"socket_connect_timeout": 2, "socket_timeout": 2}
+    )
     limiter.init_app(app)
+    # One limiter serves every app of a process (tests build many): each starts on its Redis.
+    limiter._storage_dead = False
 
 
 def _storage_uri(app: Flask) -> str:

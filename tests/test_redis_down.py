@@ -1,0 +1,114 @@
+"""With Redis really stopped, the portal keeps serving: rate limits fail open, with a warning."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.conftest import csrf_token, free_port, login, require_or_skip
+
+
+@pytest.fixture
+def own_redis(tmp_path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A redis-server of this test's own, on a free port, that the test may kill."""
+    binary = shutil.which("redis-server")
+    require_or_skip(binary is not None, "redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    try:
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def app_on_own_redis(own_redis, app_config, services, request):
+    """The portal on the test's own Redis (the shared one is left alone)."""
+    url, proc = own_redis
+    app_config["REDIS_URL"] = url
+    app = request.getfixturevalue("app")
+    orgs = request.getfixturevalue("orgs")
+    yield app, orgs, proc
+    # The app fixture empties Redis afterwards: point it at one that is still there.
+    app.config["REDIS_URL"] = services.redis_url
+
+
+def _token(app, company_id) -> str:
+    """A data-API token of the organisation."""
+    from portal.chat.service import create_token
+    from portal.db import get_session
+
+    with app.app_context():
+        db = get_session()
+        token = create_token(db, company_id, "t")
+        db.commit()
+    return token
+
+
+def test_requests_are_served_while_redis_is_stopped(app_on_own_redis, caplog):
+    app, orgs, proc = app_on_own_redis
+    auth = {"Authorization": f"Bearer {_token(app, orgs['a']['id'])}"}
+    api = app.test_client()
+    created = api.post("/api/v1/conversations", json={"title": "before"}, headers=auth)
+    assert created.status_code == 201
+    conversation = created.get_json()["id"]
+    browser = app.test_client()
+    assert login(browser, orgs["users"]["admin_a"]).status_code == 302
+
+    proc.kill()
+    proc.wait(timeout=10)
+    caplog.set_level(logging.WARNING)
+    answers = {
+        "list": api.get("/api/v1/conversations", headers=auth),
+        "read": api.get(f"/api/v1/conversations/{conversation}", headers=auth),
+        "write": api.post("/api/v1/conversations", json={"title": "during"}, headers=auth),
+        "message": api.post(
+            f"/api/v1/conversations/{conversation}/messages",
+            json={"author": "user", "body": "hello"},
+            headers=auth,
+        ),
+        "anonymous": app.test_client().get("/api/v1/conversations"),
+        "home": browser.get("/"),
+        "compliance": browser.get("/settings/compliance"),
+        "audit": browser.get("/settings/audit"),
+        "login page": app.test_client().get("/login"),
+    }
+    other = app.test_client()
+    token = csrf_token(other)
+    answers["sign-in"] = other.post(
+        "/login",
+        data={"email": orgs["users"]["auditor_a"], "password": "wrong", "csrf_token": token},
+    )
+    statuses = {name: response.status_code for name, response in answers.items()}
+    assert all(code < 500 for code in statuses.values()), str(statuses)
+    assert statuses["list"] == statuses["read"] == 200, statuses
+    assert statuses["write"] == statuses["message"] == 201, statuses
+    assert statuses["anonymous"] == 401 and statuses["sign-in"] == 401, statuses
+    assert statuses["home"] == statuses["compliance"] == statuses["audit"] == 200, statuses
+    assert not [r for r in caplog.records if r.name == "portal.errors"], "unhandled errors logged"
+    assert any(
+        r.levelno == logging.WARNING and "rate limit" in r.getMessage().lower()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
