@@ -31,6 +31,18 @@ def _created(description: str, extra: dict[str, Any] | None = None) -> dict[str,
     }
 
 
+def _delete(summary: str, operation_id: str, param: str) -> dict[str, Any]:
+    """A DELETE of one object by id: 204, or 404 if the organisation has no such object."""
+    return {
+        "summary": summary,
+        "description": "Any token of the organisation may delete (tokens have no scopes); "
+        "no key is needed, so data under a lost key can still be erased.",
+        "operationId": operation_id,
+        "parameters": [{"name": param, "in": "path", "required": True, "schema": ID}],
+        "responses": {"204": {"description": "deleted"}, **COMMON},
+    }
+
+
 COMMON = {
     "401": _error("missing or invalid bearer token"),
     "404": _error("no such object in the token's organisation"),
@@ -138,7 +150,12 @@ def openapi_document(
                         "400": _error("bad limit or cursor"),
                         **COMMON,
                     },
-                }
+                },
+                "delete": _delete(
+                    "Delete the conversation with its messages and attachments",
+                    "deleteConversation",
+                    "conv_id",
+                ),
             },
             "/conversations/{conv_id}/messages": {
                 "post": {
@@ -205,7 +222,12 @@ def openapi_document(
                         **COMMON,
                         **json_body,
                     },
-                }
+                },
+                "delete": _delete(
+                    "Delete the message",
+                    "deleteMessage",
+                    "msg_id",
+                ),
             },
             "/attachments/{att_id}": {
                 "get": {
@@ -225,7 +247,12 @@ def openapi_document(
                         },
                         **COMMON,
                     },
-                }
+                },
+                "delete": _delete(
+                    "Delete the attachment",
+                    "deleteAttachment",
+                    "att_id",
+                ),
             },
             "/openapi.json": {
                 "get": {

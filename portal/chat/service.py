@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import delete, select, tuple_
 from sqlalchemy.orm import Session
 
 from portal import crypto
@@ -143,6 +143,41 @@ def add_attachment(
     session.add(att)
     session.flush()
     return att
+
+
+def delete_conversation(session: Session, company_id: uuid.UUID, conv_id: uuid.UUID) -> bool:
+    """Delete a conversation of the organisation with its messages and attachments.
+
+    Returns False when the organisation has no such conversation. A rotation batch that read
+    one of these rows meanwhile finds nothing to compare-and-swap, and writes nothing back.
+    """
+    if get_conversation(session, company_id, conv_id) is None:
+        return False
+    for model in (Attachment, Message):
+        session.execute(
+            delete(model).where(model.conversation_id == conv_id, model.company_id == company_id)
+        )
+    return _delete_row(session, Conversation, company_id, conv_id)
+
+
+def delete_message(session: Session, company_id: uuid.UUID, msg_id: uuid.UUID) -> bool:
+    """Delete a message of the organisation; False when it has no such message."""
+    return _delete_row(session, Message, company_id, msg_id)
+
+
+def delete_attachment(session: Session, company_id: uuid.UUID, att_id: uuid.UUID) -> bool:
+    """Delete an attachment of the organisation; False when it has no such attachment."""
+    return _delete_row(session, Attachment, company_id, att_id)
+
+
+def _delete_row(session: Session, model: type, company_id: uuid.UUID, row_id: uuid.UUID) -> bool:
+    """Delete one row by id, only within the organisation (no key is needed to erase)."""
+    result = session.execute(
+        delete(model)
+        .where(model.id == row_id, model.company_id == company_id)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
 
 
 @dataclass
