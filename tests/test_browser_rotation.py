@@ -105,10 +105,9 @@ def test_admin_rotates_from_the_wizard_watches_it_finish_and_support_watches_it_
     page.locator("#rotate-password").fill(password)
     polls: list[str] = []
     statuses: list[int] = []
-    page.on("request", lambda r: polls.append(r.url) if r.url.endswith("/progress") else None)
-    page.on(
-        "response", lambda r: statuses.append(r.status) if r.url.endswith("/progress") else None
-    )
+    # A poll is /progress?known_state=<the state the page shows>.
+    page.on("request", lambda r: polls.append(r.url) if "/progress?" in r.url else None)
+    page.on("response", lambda r: statuses.append(r.status) if "/progress?" in r.url else None)
     page.get_by_role("button", name="Perform Rotation").click()
     page.wait_for_url("**/rotations/*")
     run_url = page.url

@@ -118,7 +118,10 @@ def test_controls_change_the_run_state(app, login_as, orgs, action):
     seed(app, orgs["a"]["id"], conversations=1, messages=3)
     client = login_as("admin_a")
     run_url = _start_via_wizard(client, old, crypto.generate_key()).headers["HX-Redirect"]
-    response = client.post(f"{run_url}/{action}", headers=_hx(client, run_url))
+    # A cancel carries the confirmation htmx sends after its dialog.
+    response = client.post(
+        f"{run_url}/{action}", data={"confirmed": "yes"}, headers=_hx(client, run_url)
+    )
     assert response.status_code == 200
     with app.app_context():
         run = get_session().query(RotationRun).one()

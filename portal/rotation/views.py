@@ -35,6 +35,11 @@ CONTROLS = ("pause", "resume", "cancel")
 RUN_CHANGED = "run-changed"
 # Failed items read per query by the CSV export.
 FAILURES_CSV_PAGE = 1000
+# Asked before a cancel: by htmx's confirm dialog, or on a page of its own without JavaScript.
+CANCEL_QUESTION = (
+    "Cancel this run? Items already moved keep the new key, the rest keep the old one; "
+    "both keys stay available and every item stays readable."
+)
 
 
 @bp.after_request
@@ -87,8 +92,15 @@ def _progress_context(run: RotationRun) -> dict:
         "p": p,
         "failed_total": p.failed,
         "can_control": current_user.role == "admin",
+        "resumable": _resumable(run),
+        "cancel_question": CANCEL_QUESTION,
         "show_keys": current_user.role != "support",
     }
+
+
+def _resumable(run: RotationRun) -> bool:
+    """Whether Resume is offered for the run."""
+    return run.state in service.CONTROL_STATES["resume"][0]
 
 
 def _history_context(run: RotationRun) -> dict:
@@ -139,13 +151,23 @@ def show(run_id: uuid.UUID):
 def progress(run_id: uuid.UUID):
     """The polled progress fragment; 286 once the run has ended, so polling stops.
 
-    The last answer also tells the page to refresh the history block at once.
+    The page sends the state it shows (``known_state``). Only when the run's state differs
+    does the answer also redraw the controls and the status line (out of band) and tell the
+    page to refresh the history block; otherwise a focused control or a half-typed throttle
+    is left alone, and nothing is announced.
     """
     context = _progress_context(_run_or_404(run_id))
-    response = make_response(render_template("rotation/_progress.html", **context))
+    known = request.args.get("known_state")
+    changed = known is not None and known != context["run"].state
+    html = render_template("rotation/_progress.html", **context)
+    if changed:
+        html += render_template("rotation/_controls.html", oob=True, **context)
+        html += render_template("rotation/_status.html", oob=True, **context)
+    response = make_response(html)
+    if changed or context["p"].finished:
+        response.headers["HX-Trigger"] = RUN_CHANGED
     if context["p"].finished:
         response.status_code = HTTP_STOP_POLLING
-        response.headers["HX-Trigger"] = RUN_CHANGED
     return response
 
 
@@ -213,8 +235,12 @@ def failures_csv(run_id: uuid.UUID):
     return response
 
 
-def _after_change(run: RotationRun, message: str):
-    """Answer a control: the refreshed progress fragment (htmx) or the page."""
+def _after_change(run: RotationRun, message: str, redraw_controls: bool = True):
+    """Answer a control: the refreshed blocks (htmx) or the page.
+
+    ``redraw_controls`` is false for a throttle change, which leaves the state as it was: the
+    controls (and the value just typed, and focus) stay as they are.
+    """
     db = get_session()
     db.commit()
     if run.state == "running":
@@ -222,12 +248,16 @@ def _after_change(run: RotationRun, message: str):
 
         enqueue_ranges(current_app._get_current_object(), run.id)
     if is_htmx():
-        # Both blocks anew (the history out of band): a control can restart a run whose
-        # page had stopped polling (resume after a failure, retry), and new blocks poll again.
+        # The progress block anew (a control can restart a run whose page had stopped
+        # polling: resume after a failure, retry), and out of band the notice, the controls
+        # and status line for the new state, and the history.
         context = _page_context(run)
-        html = render_template(
-            "rotation/_progress_block.html", notice=message, **context
-        ) + render_template("rotation/_history_block.html", oob=True, **context)
+        html = render_template("rotation/_progress_block.html", **context)
+        html += render_template("rotation/_notice.html", oob=True, message=message)
+        if redraw_controls:
+            html += render_template("rotation/_controls.html", oob=True, **context)
+            html += render_template("rotation/_status.html", oob=True, **context)
+        html += render_template("rotation/_history_block.html", oob=True, **context)
         response = make_response(html)
         response.headers["HX-Retarget"] = "#run-progress"
         response.headers["HX-Reswap"] = "outerHTML"
@@ -247,8 +277,19 @@ def _refused(run: RotationRun, message: str):
 @bp.post("/<uuid:run_id>/<any(pause, resume, cancel):action>")
 @require_role("admin")
 def control(run_id: uuid.UUID, action: str):
-    """Pause, resume or cancel a run of the admin's organisation."""
+    """Pause, resume or cancel a run of the admin's organisation.
+
+    A cancel needs ``confirmed=yes``: htmx sends it after its confirm dialog; a plain form
+    (no JavaScript) gets a confirmation page first.
+    """
     run = _run_or_404(run_id)
+    if action == "cancel" and request.form.get("confirmed") != "yes":
+        if is_htmx():
+            return _refused(run, "Confirm the cancellation first.")
+        if run.state in service.CONTROL_STATES["cancel"][0]:
+            return render_template(
+                "rotation/confirm_cancel.html", run=run, cancel_question=CANCEL_QUESTION
+            )
     try:
         service.control(get_session(), run, action, current_user)
     except service.RotationError as exc:
@@ -275,7 +316,9 @@ def throttle(run_id: uuid.UUID):
         return _refused(run, "The throttle must be a number of batches per second.")
     except service.RotationError as exc:
         return _refused(run, exc.message)
-    return _after_change(run, f"Throttle: {value or 'unlimited'} batches per second.")
+    return _after_change(
+        run, f"Throttle: {value or 'unlimited'} batches per second.", redraw_controls=False
+    )
 
 
 @bp.post("/<uuid:run_id>/retry")
