@@ -517,5 +517,37 @@ def audit_prune(days: int | None) -> None:
     )
 
 
+@main.group()
+def data() -> None:
+    """Take an organisation's encrypted data out of the portal."""
+
+
+@data.command("export")
+@click.option("--org", "org_slug", required=True, help="Organisation slug.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="File to write.")
+def data_export(org_slug: str, out: str) -> None:
+    """Write the organisation's ciphertext and what decrypting it needs (never a key) as
+    JSON Lines (docs/format.md, "Data export")."""
+    from portal.chat import export
+    from portal.events import emit
+    from portal.orgs import OrgError, get_org
+
+    with app_session() as (_app, db):
+        try:
+            org = get_org(db, org_slug)
+        except OrgError as exc:
+            fail(str(exc))
+        emit(db, "BYOK.data_exported", actor="cli", company_id=org.id, details={"version": 1})
+        db.commit()  # recorded before a single value leaves, as the Audit Log exports are
+        try:
+            counts = export.write(db, org, out)
+        except OSError as exc:
+            fail(f"cannot write {out}: {exc.strerror}")
+    click.echo(
+        f"exported {counts['conversations']} conversations, {counts['messages']} messages and "
+        f"{counts['attachments']} attachments of {org_slug} to {out}"
+    )
+
+
 if __name__ == "__main__":
     main()

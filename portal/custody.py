@@ -77,7 +77,7 @@ class MasterKeyCustody:
 
     @property
     def master_key_id(self) -> bytes:
-        """Public id of the master key, stored with each sealed key to tell which one sealed it."""
+        """Public id of the master key (not stored: under another master key unsealing fails)."""
         return self._master_key_id
 
     def seal(self, key: bytes, context: bytes) -> bytes:

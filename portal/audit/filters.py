@@ -36,6 +36,7 @@ ACTIONS = (
     "BYOK.rotation_completed",
     "BYOK.rotation_failed",
     "BYOK.key_retired",
+    "BYOK.data_exported",
     "encryption_key.decrypt_failed",
     "encryption_key.declared_lost",
     "encryption_key.restore",
