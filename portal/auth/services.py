@@ -15,11 +15,15 @@ class UserError(ValueError):
     """A user cannot be created as asked; the message says why."""
 
 
-def authenticate(session: Session, email: str, password: str) -> User | None:
-    """Return the user for a correct email and password, else None (same cost either way)."""
-    user = session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
-    ok = verify_password(user.password_hash if user else None, password)
-    return user if user is not None and ok else None
+def authenticate(session: Session, email: str, password: str) -> tuple[User | None, User | None]:
+    """Return (the user, if the password is correct; the account the email names, if any).
+
+    The password is verified either way (against a dummy hash for an unknown email), so
+    both answers cost the same time.
+    """
+    account = session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
+    ok = verify_password(account.password_hash if account else None, password)
+    return (account if account is not None and ok else None), account
 
 
 def load_user(session: Session, cookie_id: str) -> User | None:

@@ -75,9 +75,18 @@ def login():
     form = LoginForm()
     if form.validate_on_submit():
         db = get_session()
-        user = authenticate(db, form.email.data or "", form.password.data or "")
+        user, account = authenticate(db, form.email.data or "", form.password.data or "")
         if user is None:
             emit(db, "auth.login_failed", outcome="failure", details={"email": form.email.data})
+            if account is not None and account.company_id is not None:
+                # The organisation sees attempts on its own accounts; the answer is the same.
+                emit(
+                    db,
+                    "auth.login_failed",
+                    outcome="failure",
+                    company_id=account.company_id,
+                    details={"email": account.email},
+                )
             db.commit()
             form.password.errors = [LOGIN_FAILED]
             return render_template("auth/login.html", form=form), 401
