@@ -169,20 +169,38 @@ def key() -> None:
     """Manage an organisation's BYOK key (same checks and audit events as the wizard)."""
 
 
-def _key_op(org_slug: str, operation) -> None:
-    """Run a key operation as actor 'cli', committing on success, exiting 1 when refused."""
-    from portal.keys.operations import KeyOperationError
+def _key_op(org_slug: str, operation, audit_as: str | None = None) -> None:
+    """Run a key operation as actor 'cli', committing on success, exiting 1 when refused.
+
+    Key operations audit their own refusals; ``audit_as`` records any other refusal (a
+    rotation step, a missing confirmation flag) under that action.
+    """
+    from portal.keys.operations import KeyOperationError, audit_refusal
     from portal.orgs import OrgError, get_org
 
     with app_session() as (_app, db):
+        org = None
         try:
             org = get_org(db, org_slug)
             message = operation(db, org)
         except (KeyOperationError, OrgError) as exc:
+            if audit_as and isinstance(exc, KeyOperationError):
+                which = {"field": exc.field} if exc.field else {}
+                audit_refusal(db, org, "cli", audit_as, exc, **which)
             db.commit()  # refused attempts are audited too
             fail(str(exc))
         db.commit()
         click.echo(message)
+
+
+def _refuse_unconfirmed(org_slug: str, action: str, message: str) -> None:
+    """Refuse (and audit) a step whose confirmation flag was not given."""
+    from portal.keys.operations import KeyOperationError
+
+    def refuse(_db, _org) -> str:
+        raise KeyOperationError(message, code="not_acknowledged")
+
+    _key_op(org_slug, refuse, audit_as=action)
 
 
 @key.command("status")
@@ -250,7 +268,11 @@ def key_disable(org_slug: str, understood: bool) -> None:
     from portal.keys import operations as ops
 
     if not understood:
-        fail("disabling BYOK needs --i-understand (consult compliance and legal first)")
+        _refuse_unconfirmed(
+            org_slug,
+            "BYOK.disabled",
+            "disabling BYOK needs --i-understand (consult compliance and legal first)",
+        )
     _key_op(
         org_slug,
         lambda db, org: (
@@ -302,7 +324,9 @@ def key_lost(org_slug: str, understood: bool) -> None:
     from portal.keys import operations as ops
 
     if not understood:
-        fail("declaring a key lost needs --i-understand")
+        _refuse_unconfirmed(
+            org_slug, "encryption_key.declared_lost", "declaring a key lost needs --i-understand"
+        )
     _key_op(
         org_slug,
         lambda db, org: (
@@ -328,7 +352,7 @@ def key_rotate(org_slug: str) -> None:
         run_ids.append(str(started.id))
         return str(started.id)
 
-    _key_op(org_slug, run)
+    _key_op(org_slug, run, audit_as="BYOK.rotation_started")
     from portal import create_app
 
     app = create_app()

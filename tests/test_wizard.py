@@ -340,13 +340,20 @@ def platform_key_ids(app: Flask, company_id: uuid.UUID) -> set[str]:
     return {k.key_id for k in org_keys(app, company_id) if k.origin == "platform"}
 
 
-def events(app: Flask, action: str, company_id: uuid.UUID | None = None) -> list[AuditEvent]:
-    """Return the audit events of an action (of one organisation), oldest first."""
+def events(
+    app: Flask, action: str, company_id: uuid.UUID | None = None, outcome: str | None = None
+) -> list[AuditEvent]:
+    """Return the audit events of an action (of one organisation, one outcome), oldest first.
+
+    A refused operation is recorded under the same action with outcome ``failure``.
+    """
     with app.app_context():
         db = get_session()
         query = select(AuditEvent).where(AuditEvent.action == action)
         if company_id is not None:
             query = query.where(AuditEvent.company_id == company_id)
+        if outcome is not None:
+            query = query.where(AuditEvent.outcome == outcome)
         rows = list(db.scalars(query.order_by(AuditEvent.id)))
         db.expunge_all()
         return rows
@@ -522,7 +529,9 @@ def test_community_account_cannot_generate_test_or_enable_by_posting(app, passwo
     enabled = wizard.enable(text, tested=fp)
     assert enabled.status_code == 422
     assert {k.origin for k in org_keys(app, org["id"])} == {"platform"}
-    assert events(app, "BYOK.key_generated") == []
+    assert events(app, "BYOK.key_generated", outcome="success") == []
+    refused = events(app, "BYOK.key_generated", org["id"], outcome="failure")
+    assert [json.loads(e.details) for e in refused] == [{"reason": "not_eligible"}]
 
 
 # --- roles and sign-in ----------------------------------------------------------------------
@@ -879,7 +888,9 @@ def test_save_and_enable_is_refused_without_a_test_of_the_same_key(app, admin, o
         assert response.status_code == 422
         assert "Test this key first" in feedback(response.get_data(as_text=True), "enable", "key")
     assert [k.origin for k in org_keys(app, orgs["a"]["id"])] == ["platform"]
-    assert events(app, "BYOK.enabled") == []
+    assert events(app, "BYOK.enabled", outcome="success") == []
+    refused = events(app, "BYOK.enabled", orgs["a"]["id"], outcome="failure")
+    assert [json.loads(e.details)["reason"] for e in refused] == ["untested"] * 3
 
 
 def test_save_and_enable_with_a_wrong_password_is_refused_and_audited(app, admin, orgs):
@@ -1171,8 +1182,13 @@ def test_disable_requires_reauth_slug_and_acknowledgement_then_new_data_uses_a_p
     assert key_id_of(app, Message, after) in platform_key_ids(app, orgs["a"]["id"])
     assert key_by_fp(app, orgs["a"]["id"], fp).state == "decrypt_only"
     assert api.bodies(conv) == ["under BYOK", "after disable"]
-    disabled = events(app, "BYOK.disabled", orgs["a"]["id"])
+    disabled = events(app, "BYOK.disabled", orgs["a"]["id"], outcome="success")
     assert len(disabled) == 1 and json.loads(disabled[0].details)["fingerprint"] == fp
+    refused = events(app, "BYOK.disabled", orgs["a"]["id"], outcome="failure")
+    assert [json.loads(e.details) for e in refused] == [
+        {"reason": "slug_mismatch"},
+        {"reason": "not_acknowledged"},
+    ]
 
 
 @pytest.mark.parametrize(
@@ -1235,8 +1251,10 @@ def test_declare_lost_makes_items_unreadable_and_community_org_falls_back_to_pla
     assert api.bodies(before) == ["platform data"]
     after = api.message(before, "new platform data")
     assert key_id_of(app, Message, after) in platform_key_ids(app, orgs["a"]["id"])
-    lost = events(app, "encryption_key.declared_lost", orgs["a"]["id"])
+    lost = events(app, "encryption_key.declared_lost", orgs["a"]["id"], outcome="success")
     assert len(lost) == 1 and json.loads(lost[0].details)["fingerprint"] == fp
+    refused = events(app, "encryption_key.declared_lost", orgs["a"]["id"], outcome="failure")
+    assert [json.loads(e.details) for e in refused] == [{"reason": "slug_mismatch"}]
 
 
 @pytest.mark.parametrize("tier", ["dedicated", "on_prem"])

@@ -50,9 +50,9 @@ def enable(env: dict, slug: str, text: str) -> subprocess.CompletedProcess:
     return run_cli(env, "key", "enable", "--org", slug, stdin=text)
 
 
-def cli_events(app: Flask, action: str, company_id) -> list:
+def cli_events(app: Flask, action: str, company_id, outcome: str | None = None) -> list:
     """Return the audit events of an action, checking each was recorded as the CLI."""
-    found = events(app, action, company_id)
+    found = events(app, action, company_id, outcome)
     assert all((e.actor_type, e.actor_label) == ("cli", "cli") for e in found), [
         (e.actor_type, e.actor_label) for e in found
     ]
@@ -175,8 +175,10 @@ def test_key_disable_needs_i_understand_then_new_data_uses_a_platform_key(app, c
     api = Api(app, orgs["a"]["id"])
     msg = api.message(api.conversation(), "after disable")
     assert key_id_of(app, Message, msg) in platform_key_ids(app, orgs["a"]["id"])
-    disabled = cli_events(app, "BYOK.disabled", orgs["a"]["id"])
+    disabled = cli_events(app, "BYOK.disabled", orgs["a"]["id"], "success")
     assert [json.loads(e.details)["fingerprint"] for e in disabled] == [fp]
+    refused = cli_events(app, "BYOK.disabled", orgs["a"]["id"], "failure")
+    assert [json.loads(e.details) for e in refused] == [{"reason": "not_acknowledged"}]
 
 
 @pytest.mark.parametrize("tier", ["dedicated", "on_prem"])
@@ -214,7 +216,9 @@ def test_key_lost_then_restore_from_stdin_accepts_only_a_key_the_organisation_ha
     assert fp in right.stdout
     assert api.bodies(conv) == ["kept"]
     assert status(cli_env, slug)["active_fingerprint"] == fp
-    assert len(cli_events(app, "encryption_key.declared_lost", orgs["a"]["id"])) == 1
+    assert len(cli_events(app, "encryption_key.declared_lost", orgs["a"]["id"], "success")) == 1
+    refused = cli_events(app, "encryption_key.declared_lost", orgs["a"]["id"], "failure")
+    assert [json.loads(e.details) for e in refused] == [{"reason": "not_acknowledged"}]
     outcomes = [e.outcome for e in cli_events(app, "encryption_key.restore", orgs["a"]["id"])]
     assert outcomes == ["failure"]
     assert len(cli_events(app, "encryption_key.restored", orgs["a"]["id"])) == 1
@@ -240,7 +244,9 @@ def test_key_revoke_destroys_the_sealed_copy_until_key_restore(app, cli_env, org
     restored = run_cli(cli_env, "key", "restore", "--org", slug, stdin=text)
     assert restored.returncode == 0, restored.stderr
     assert api.bodies(conv) == ["before"]
-    assert len(cli_events(app, "encryption_key.revoked", orgs["a"]["id"])) == 1
+    assert len(cli_events(app, "encryption_key.revoked", orgs["a"]["id"], "success")) == 1
+    refused = cli_events(app, "encryption_key.revoked", orgs["a"]["id"], "failure")
+    assert [json.loads(e.details) for e in refused] == [{"reason": "not_enabled"}]
     assert scan_database(app, [key]) == []
 
 

@@ -176,9 +176,20 @@ def _submitted(name: str) -> FlaskForm:
     return form
 
 
-def _attempt(name: str, form: FlaskForm, org: Organization, operation, needs_reauth: bool):
-    """Run an operation after re-authentication, mapping refusals onto form fields."""
-    db = get_session()
+def _attempt(
+    name: str,
+    form: FlaskForm,
+    org: Organization,
+    operation,
+    needs_reauth: bool,
+    audit_as: str | None = None,
+    **details: str,
+):
+    """Run an operation after re-authentication, mapping refusals onto form fields.
+
+    Key operations audit their own refusals; ``audit_as`` names the action under which a
+    refusal not yet audited (a rotation step) is recorded, with the field it concerns.
+    """
     if needs_reauth:
         problem = reauth.confirm(getattr(form, "password", None) and form.password.data)
         if problem:
@@ -187,14 +198,24 @@ def _attempt(name: str, form: FlaskForm, org: Organization, operation, needs_rea
     try:
         return operation()
     except ops.KeyOperationError as exc:
-        db.commit()  # keep the audit events of a refused attempt
-        field = getattr(form, exc.field, None) if exc.field else None
-        target = field if field is not None else form.form_errors
-        if isinstance(target, list):
-            target.append(exc.message)
-        else:
-            target.errors = [*target.errors, exc.message]
+        _refusal(form, org, exc, audit_as, **details)
         return None
+
+
+def _refusal(
+    form: FlaskForm, org: Organization, exc: ops.KeyOperationError, audit_as: str | None, **details
+) -> None:
+    """Audit a refused step (kept even though the step changed nothing) and show its message."""
+    if audit_as:
+        which = {"field": exc.field} if exc.field else {}
+        ops.audit_refusal(get_session(), org, current_user, audit_as, exc, **details, **which)
+    get_session().commit()
+    field = getattr(form, exc.field, None) if exc.field else None
+    target = field if field is not None else form.form_errors
+    if isinstance(target, list):
+        target.append(exc.message)
+    else:
+        target.errors = [*target.errors, exc.message]
 
 
 @bp.post("/byok/generate")
@@ -207,6 +228,7 @@ def generate():
     try:
         fp = ops.record_generated(get_session(), org, current_user, key)
     except ops.KeyOperationError as exc:
+        get_session().commit()  # keep the audit event of the refusal
         return render_template(
             "errors/_error.html", status=403, title="Not available", message=exc.message
         ), 403
@@ -366,6 +388,8 @@ def rotate_test():
             get_session(), org, form.current_key.data or "", form.new_key.data or ""
         ),
         needs_reauth=False,
+        audit_as="BYOK.key_test",
+        step="rotation",
     )
     get_session().commit()
     if pair is None:
@@ -397,7 +421,10 @@ def rotate_start():
     form = _submitted("rotate")
     tested = _still_tested(form, "new_key")
     if tested is None:
-        form.new_key.errors = ["Press Test Keys first, then Perform Rotation."]
+        untested = ops.KeyOperationError(
+            "Press Test Keys first, then Perform Rotation.", field="new_key", code="untested"
+        )
+        _refusal(form, org, untested, "BYOK.rotation_started")
         return _refused("rotate", form, org)
     run = _attempt(
         "rotate",
@@ -412,6 +439,7 @@ def rotate_start():
             _generated_here(form.new_key.data),
         ),
         needs_reauth=True,
+        audit_as="BYOK.rotation_started",
     )
     if run is None:
         return _refused("rotate", form, org, tested=tested, tested_field="new_key")
@@ -438,6 +466,7 @@ def encrypt_existing():
         org,
         lambda: rotation.start_encrypt_existing(get_session(), org, current_user),
         needs_reauth=False,
+        audit_as="BYOK.encrypt_existing_started",
     )
     if run is None:
         return _refused("generate", form, org)

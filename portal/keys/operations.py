@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,11 +31,62 @@ DATA_TABLES = (("messages", Message), ("attachments", Attachment), ("metadata", 
 
 
 class KeyOperationError(ValueError):
-    """A key operation was refused; ``field`` names the form field the message belongs to."""
+    """A key operation was refused; ``field`` names the form field the message belongs to.
 
-    def __init__(self, message: str, field: str | None = None, code: str = "refused") -> None:
+    ``code`` is the reason recorded in the audit event, with ``details`` (non-secret values
+    such as a fingerprint or a key state, never key material).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        field: str | None = None,
+        code: str = "refused",
+        details: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message, self.field, self.code = message, field, code
+        self.details = details or {}
+        self.audited = False
+
+
+def audit_refusal(
+    session: Session,
+    org: Organization | None,
+    actor: Any,
+    action: str,
+    exc: KeyOperationError,
+    **extra: str,
+) -> None:
+    """Record a refused key operation once, as a failure of its action with the reason code."""
+    if exc.audited or org is None:
+        return
+    exc.audited = True
+    emit(
+        session,
+        action,
+        outcome="failure",
+        actor=actor,
+        company_id=org.id,
+        details={"reason": exc.code, **exc.details, **extra},
+    )
+
+
+def audits_refusals(action: str) -> Callable:
+    """Make every refusal of a key operation ``(session, org, actor, ...)`` an audit event."""
+
+    def decorate(operation: Callable) -> Callable:
+        @functools.wraps(operation)
+        def run(session: Session, org: Organization, actor: Any, *args: Any, **kwargs: Any):
+            try:
+                return operation(session, org, actor, *args, **kwargs)
+            except KeyOperationError as exc:
+                audit_refusal(session, org, actor, action, exc)
+                raise
+
+        return run
+
+    return decorate
 
 
 def actor_label(actor: Any) -> str:
@@ -155,7 +208,8 @@ def _require_eligible(org: Organization) -> None:
     """Refuse key management for personal (Community) accounts."""
     if not policy.byok_eligible(org):
         raise KeyOperationError(
-            "BYOK is not available for Community (personal) accounts; contact sales to upgrade."
+            "BYOK is not available for Community (personal) accounts; contact sales to upgrade.",
+            code="not_eligible",
         )
 
 
@@ -165,7 +219,8 @@ def _require_no_run(session: Session, org: Organization, what: str) -> None:
 
     if run_in_progress(session, org.id):
         raise KeyOperationError(
-            f"A key rotation is in progress; {what} is not possible until it ends."
+            f"A key rotation is in progress; {what} is not possible until it ends.",
+            code="run_in_progress",
         )
 
 
@@ -173,10 +228,13 @@ def _confirm_slug(org: Organization, typed: str | None) -> None:
     """Refuse a destructive step unless the organisation's slug was typed to confirm it."""
     if (typed or "").strip() != org.slug:
         raise KeyOperationError(
-            f"Type the organisation's slug ({org.slug}) to confirm.", field="confirm_slug"
+            f"Type the organisation's slug ({org.slug}) to confirm.",
+            field="confirm_slug",
+            code="slug_mismatch",
         )
 
 
+@audits_refusals("BYOK.key_generated")
 def record_generated(session: Session, org: Organization, actor: Any, key: bytes) -> str:
     """Audit that a key was generated and shown once; return its fingerprint."""
     _require_eligible(org)
@@ -185,34 +243,32 @@ def record_generated(session: Session, org: Organization, actor: Any, key: bytes
     return fp
 
 
+@audits_refusals("BYOK.key_test")
 def test_key(session: Session, org: Organization, actor: Any, text: str) -> str:
     """Round-trip a test message through the pasted key; audit and return its fingerprint."""
     _require_eligible(org)
-    try:
-        key = read_key(text)
-    except KeyOperationError as exc:
-        emit(
-            session,
-            "BYOK.key_test",
-            outcome="failure",
-            actor=actor,
-            company_id=org.id,
-            details={"reason": exc.code},
-        )
-        raise
+    key = read_key(text)
     fp = crypto.fingerprint(crypto.key_id(key))
-    ok = crypto.self_test(key)
+    if not crypto.self_test(key):
+        raise _self_test_failed(fp)
     emit(
         session,
         "BYOK.key_test",
-        outcome="success" if ok else "failure",
         actor=actor,
         company_id=org.id,
         details={"fingerprint": fp},
     )
-    if not ok:
-        raise KeyOperationError("The key failed the encrypt/decrypt test.", field="key")
     return fp
+
+
+def _self_test_failed(fp: str) -> KeyOperationError:
+    """The refusal of a key that failed the encrypt/decrypt round trip."""
+    return KeyOperationError(
+        "The key failed the encrypt/decrypt test.",
+        field="key",
+        code="self_test_failed",
+        details={"fingerprint": fp},
+    )
 
 
 def _known(session: Session, org: Organization, key_id_hex: str) -> OrgKey | None:
@@ -222,6 +278,7 @@ def _known(session: Session, org: Organization, key_id_hex: str) -> OrgKey | Non
     )
 
 
+@audits_refusals("BYOK.enabled")
 def enable(
     session: Session,
     org: Organization,
@@ -237,18 +294,24 @@ def enable(
     fp = crypto.fingerprint(crypto.key_id(key))
     if tested_fingerprint != fp:
         raise KeyOperationError(
-            "Test this key first: press Test Key, then Save & Enable.", field="key", code="untested"
+            "Test this key first: press Test Key, then Save & Enable.",
+            field="key",
+            code="untested",
+            details={"fingerprint": fp},
         )
     if not crypto.self_test(key):
-        raise KeyOperationError("The key failed the encrypt/decrypt test.", field="key")
+        raise _self_test_failed(fp)
     current = policy.active_key(session, org.id)
     if current is not None and current.origin != "platform":
-        raise KeyOperationError("BYOK is already enabled; use Rotate Key to change the key.")
+        raise KeyOperationError(
+            "BYOK is already enabled; use Rotate Key to change the key.", code="already_enabled"
+        )
     if _known(session, org, crypto.key_id(key).hex()) is not None:
         raise KeyOperationError(
             "This key was used by your organisation before; use a new key (or Restore key).",
             field="key",
             code="reused",
+            details={"fingerprint": fp},
         )
     label = actor_label(actor)
     if current is not None:
@@ -266,6 +329,7 @@ def enable(
     return row
 
 
+@audits_refusals("BYOK.disabled")
 def disable(
     session: Session, org: Organization, actor: Any, confirm_slug: str, acknowledged: bool
 ) -> OrgKey:
@@ -273,16 +337,19 @@ def disable(
     if policy.byok_required(org):
         raise KeyOperationError(
             "BYOK is required for Dedicated and On-Premise deployments and cannot be disabled; "
-            "rotate the key instead, or declare it lost and enable a new one."
+            "rotate the key instead, or declare it lost and enable a new one.",
+            code="byok_required",
         )
     _require_no_run(session, org, "disabling BYOK")
     current = policy.active_key(session, org.id)
     if current is None or current.origin == "platform":
-        raise KeyOperationError("BYOK is not enabled.")
+        raise KeyOperationError("BYOK is not enabled.", code="not_enabled")
     _confirm_slug(org, confirm_slug)
     if not acknowledged:
         raise KeyOperationError(
-            "Confirm that your compliance and legal teams were consulted.", field="acknowledge"
+            "Confirm that your compliance and legal teams were consulted.",
+            field="acknowledge",
+            code="not_acknowledged",
         )
     label = actor_label(actor)
     mark_state(current, "decrypt_only", label)
@@ -315,12 +382,13 @@ def _activate_platform_key(session: Session, org: Organization, label: str) -> O
     )
 
 
+@audits_refusals("encryption_key.declared_lost")
 def declare_lost(session: Session, org: Organization, actor: Any, confirm_slug: str) -> OrgKey:
     """Declare the active BYOK key lost: its sealed copy is destroyed, its items unreadable."""
     _require_no_run(session, org, "declaring the key lost")
     current = policy.active_key(session, org.id)
     if current is None or current.origin == "platform":
-        raise KeyOperationError("There is no BYOK key to declare lost.")
+        raise KeyOperationError("There is no BYOK key to declare lost.", code="not_enabled")
     _confirm_slug(org, confirm_slug)
     label = actor_label(actor)
     current.sealed = None
@@ -332,6 +400,7 @@ def declare_lost(session: Session, org: Organization, actor: Any, confirm_slug: 
     return current
 
 
+@audits_refusals("encryption_key.restore")
 def restore(session: Session, org: Organization, actor: Any, text: str) -> OrgKey:
     """Take a key back from the admin's backup; accepted only if the organisation had it."""
     key = read_key(text)
@@ -340,30 +409,26 @@ def restore(session: Session, org: Organization, actor: Any, text: str) -> OrgKe
     fp = crypto.fingerprint(crypto.key_id(key))
     loaded = load_keys(session, org.id)
     if row is None or row.origin == "platform":
-        emit(
-            session,
-            "encryption_key.restore",
-            outcome="failure",
-            actor=actor,
-            company_id=org.id,
-            details={"fingerprint": fp, "reason": "unknown_key"},
-        )
         raise KeyOperationError(
             f"No key of your organisation has fingerprint {fp}; check you pasted the right backup.",
             field="key",
             code="unknown_key",
+            details={"fingerprint": fp},
         )
     if loaded.effective_state(row) not in ("lost", "unavailable"):
         raise KeyOperationError(
             f"Key {fp} is {row.state}; there is nothing to restore.",
             field="key",
             code="not_restorable",
+            details={"fingerprint": fp, "state": row.state},
         )
     from portal.keys.service import custody
 
     backend = custody()
     if backend is None:
-        raise KeyOperationError("No master key is loaded: run `byok-portal init` first.")
+        raise KeyOperationError(
+            "No master key is loaded: run `byok-portal init` first.", code="no_master_key"
+        )
     label = actor_label(actor)
     row.sealed = backend.seal(key, seal_context(org.id, key_id_hex))
     row.custody = backend.name
@@ -386,12 +451,13 @@ def restore(session: Session, org: Organization, actor: Any, text: str) -> OrgKe
     return row
 
 
+@audits_refusals("encryption_key.revoked")
 def revoke(session: Session, org: Organization, actor: Any, confirm_slug: str) -> OrgKey:
     """Kill switch: destroy the active BYOK key's sealed copy until the admin restores it."""
     _require_no_run(session, org, "revoking the key")
     current = policy.active_key(session, org.id)
     if current is None or current.origin == "platform":
-        raise KeyOperationError("There is no BYOK key to revoke.")
+        raise KeyOperationError("There is no BYOK key to revoke.", code="not_enabled")
     _confirm_slug(org, confirm_slug)
     current.sealed = None
     mark_state(current, "unavailable", actor_label(actor))
