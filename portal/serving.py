@@ -30,8 +30,18 @@ def run_gunicorn(bind: str, workers: int) -> None:
                 "graceful_timeout": 30,
                 "accesslog": "-",
                 "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss',
-                "forwarded_allow_ips": "*",
             }
+            # gunicorn itself believes X-Forwarded-Proto (-Ssl, -Protocol) and a SCRIPT_NAME
+            # header from the peers in forwarded_allow_ips, and from any unix-socket peer.
+            # With no trusted proxy nobody may set them; behind one, only a proxy on loopback
+            # (or in FORWARDED_ALLOW_IPS). The app's ProxyFix reads X-Forwarded-* for exactly
+            # TRUSTED_PROXY_COUNT hops either way.
+            from portal.config import Config
+
+            if Config().TRUSTED_PROXY_COUNT == 0:
+                settings["forwarded_allow_ips"] = ""
+                settings["secure_scheme_headers"] = {}
+                settings["forwarder_headers"] = ""
             for key, value in settings.items():
                 self.cfg.set(key, value)
 
