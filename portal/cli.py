@@ -410,12 +410,12 @@ def rotation_status(run_id: str, as_json: bool) -> None:
 @rotation.command("resume")
 @click.argument("run_id")
 def rotation_resume(run_id: str) -> None:
-    """Resume a paused run, or re-queue a running one from the database (after Redis lost it)."""
+    """Resume a paused, failed or cancelled run, or re-queue a running one from the database."""
     from jobs.rotation import enqueue_ranges
     from portal.rotation.service import control
 
     def resume(app, db, run) -> str:
-        if run.state in ("paused", "failed"):
+        if run.state in ("paused", "failed", "cancelled"):  # refusals explain themselves
             control(db, run, "resume", "cli")
             db.commit()
         elif run.state not in ("running", "verifying"):

@@ -45,6 +45,7 @@ FORMS = {
     "revoke": ConfirmForm,
     "generate": GenerateForm,
     "rotate": RotateForm,
+    "leftover": GenerateForm,  # "Move them to the active key" (CSRF token only)
 }
 
 
@@ -453,23 +454,38 @@ def rotate_start():
 @bp.post("/byok/encrypt-existing")
 @require_role("admin")
 def encrypt_existing():
-    """Move items still under platform keys to the organisation's BYOK key."""
-    from jobs.rotation import enqueue_ranges
-    from portal.htmx import hx_redirect
+    """Move every item not under the organisation's BYOK key (platform keys too) onto it."""
     from portal.rotation import service as rotation
 
+    return _start_move("generate", rotation.start_encrypt_existing)
+
+
+@bp.post("/byok/move-leftover")
+@require_role("admin")
+def move_leftover():
+    """Move the items left under older keys (the page's warning) to the active key."""
+    from portal.rotation import service as rotation
+
+    return _start_move("leftover", rotation.start_move_to_active)
+
+
+def _start_move(name: str, start):
+    """Start an encrypt-existing run from the page, audited, and go to its progress page."""
+    from jobs.rotation import enqueue_ranges
+    from portal.htmx import hx_redirect
+
     org = _org()
-    form = _submitted("generate")
+    form = _submitted(name)
     run = _attempt(
-        "generate",
+        name,
         form,
         org,
-        lambda: rotation.start_encrypt_existing(get_session(), org, current_user),
+        lambda: start(get_session(), org, current_user),
         needs_reauth=False,
         audit_as="BYOK.encrypt_existing_started",
     )
     if run is None:
-        return _refused("generate", form, org)
+        return _refused(name, form, org)
     get_session().commit()
     enqueue_ranges(current_app._get_current_object(), run.id)
     target = url_for("rotation.show", run_id=run.id)

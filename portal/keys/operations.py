@@ -129,6 +129,9 @@ class KeyStatus:
     access_revoked: bool
     rotation_overdue: bool
     platform_items: int
+    # Keys (as in ``keys``) holding items although they are neither active nor being moved
+    # by a running rotation: the compliance page warns about them.
+    leftover: list[dict[str, Any]]
 
     def as_json(self) -> dict[str, Any]:
         """Return the status as plain JSON values (no key material: fingerprints only)."""
@@ -194,7 +197,21 @@ def status(session: Session, org: Organization, now: datetime | None = None) -> 
         access_revoked=revoked,
         rotation_overdue=bool(due and due < now),
         platform_items=platform_items,
+        leftover=_leftover(session, org, keys),
     )
+
+
+def _leftover(session: Session, org: Organization, keys: list[dict[str, Any]]) -> list[dict]:
+    """The readable keys holding items that neither encrypt nor are being moved by a run."""
+    from portal.keys.runs import run_in_progress
+
+    run = run_in_progress(session, org.id)
+    moving = set(run.old_key_ids.split(",")) if run else set()
+    return [
+        key
+        for key in keys
+        if key["state"] == "decrypt_only" and key["items"] and key["row"].key_id not in moving
+    ]
 
 
 def _aware(moment: datetime) -> datetime:

@@ -34,6 +34,9 @@ MAX_RANGES = 32
 MAX_PASSES = 3
 # How many stored items the current key is tried on before a rotation starts.
 DECRYPT_SAMPLE = 5
+# rotation_runs.old_key_ids holds 400 characters: 23 hex key ids with their commas. Keys
+# past that (never seen in practice) are picked up by verification once others empty.
+MAX_SOURCE_KEYS = 400 // 17
 
 
 class RotationError(ops.KeyOperationError):
@@ -129,6 +132,82 @@ def count_items(session: Session, company_id: uuid.UUID, key_ids: list[str]) -> 
     return out
 
 
+@dataclass
+class Sources:
+    """The keys a run to a target key moves items from, and the items nobody can move.
+
+    Every key but the target is a source, whatever put items under it: the key active when
+    the run started, an older key a cancelled run left behind, platform keys, a BYOK key
+    from before a Disable and re-Enable, a key restored from a backup. Only keys that can
+    still decrypt are moved from; items under a lost, unavailable or retired key are counted
+    and reported, and left exactly as they are.
+    """
+
+    keys: list[str]  # hex ids of the readable keys, most items first
+    counts: dict[str, dict[str, int]]  # items per kind under every non-target key
+    states: dict[str, str]  # the effective state of every key of the organisation
+    unmovable: dict[str, int] = field(default_factory=dict)  # key id -> items it holds
+
+    def items(self, key_id: str) -> int:
+        """Items under one key, all kinds together."""
+        return sum(self.counts.get(key_id, {}).values())
+
+
+def sources(session: Session, company_id: uuid.UUID, target: str) -> Sources:
+    """Find every key whose items a run to ``target`` must move (from the key_id indexes)."""
+    loaded = load_keys(session, company_id)
+    states = {row.key_id: loaded.effective_state(row) for row in loaded.rows}
+    others = [k for k in states if k != target]
+    counts = _counts_by_key(session, company_id, others) if others else {}
+    readable = [k for k in others if states[k] == "decrypt_only"]
+    readable.sort(key=lambda k: -sum(counts.get(k, {}).values()))  # stable: oldest first
+    found = Sources(readable, counts, states)
+    found.unmovable = {k: found.items(k) for k in others if k not in readable and found.items(k)}
+    return found
+
+
+def _counts_by_key(
+    session: Session, company_id: uuid.UUID, key_ids: list[str]
+) -> dict[str, dict[str, int]]:
+    """Items per key and kind under the given keys (indexed by company_id, key_id)."""
+    from portal.keys.operations import DATA_TABLES
+
+    out: dict[str, dict[str, int]] = {}
+    for kind, model in DATA_TABLES:
+        rows = session.execute(
+            select(model.key_id, func.count())
+            .where(model.company_id == company_id, model.key_id.in_(key_ids))
+            .group_by(model.key_id)
+        )
+        for key_id, n in rows:
+            out.setdefault(key_id, {k: 0 for k in DATA_KINDS})[kind] = n
+    return out
+
+
+def _source_list(found: Sources, first: str | None = None) -> list[str]:
+    """The key ids a run records as its sources (the one it must retire first, if given)."""
+    keys = ([first] if first else []) + [k for k in found.keys if k != first]
+    return keys[:MAX_SOURCE_KEYS]
+
+
+def _report_unmovable(session: Session, run: RotationRun, found: Sources) -> int:
+    """Note in the run's history each key whose items cannot be moved; return how many."""
+    for key_id, n in found.unmovable.items():
+        state = found.states.get(key_id, "unknown")
+        log_event(
+            session,
+            run,
+            f"{n} items under key {crypto.fingerprint(bytes.fromhex(key_id))} ({state}) cannot "
+            "be moved: no usable copy of that key can decrypt them; they are left as they are",
+        )
+    return sum(found.unmovable.values())
+
+
+def _fingerprints(key_ids: list[str]) -> list[str]:
+    """Fingerprints of hex key ids, as people see them."""
+    return [crypto.fingerprint(bytes.fromhex(k)) for k in key_ids if k]
+
+
 def _attachment_bytes(session: Session, run: RotationRun) -> int:
     """Bytes of attachment content the run will move (attachments are split by size too)."""
     from portal.chat.models import Attachment
@@ -200,8 +279,13 @@ def start_rotation(
     origin = "generated" if generated_fingerprint == fp else "imported"
     row = store_key(session, org.id, new, origin=origin, state="active", actor=label)
     forget_cached_keys()
-    run = _new_run(session, org, actor, "rotation", [old.key_id], row.key_id)
+    # Every key but the new one: a cancelled run's older key and platform keys included.
+    found = sources(session, org.id, row.key_id)
+    keys = _source_list(found, first=old.key_id)
+    run = _new_run(session, org, actor, "rotation", keys, row.key_id)
     log_event(session, run, f"Rotation started: {old.fingerprint} → {fp}")
+    _log_sources(session, run, keys[1:], found)
+    unmovable = _report_unmovable(session, run, found)
     emit(
         session,
         "BYOK.rotation_started",
@@ -211,39 +295,79 @@ def start_rotation(
             "run_id": str(run.id),
             "old_fingerprint": old.fingerprint,
             "new_fingerprint": fp,
+            "from_fingerprints": _fingerprints(keys),
             "items": _total(run),
+            "unmovable": unmovable,
         },
     )
     return run
 
 
+def _log_sources(session: Session, run: RotationRun, keys: list[str], found: Sources) -> None:
+    """Note in the run's history the keys it moves items from (beyond the one it replaces)."""
+    listed = [k for k in keys if found.items(k)]
+    if listed:
+        moving = ", ".join(
+            f"{crypto.fingerprint(bytes.fromhex(k))} ({found.items(k)} items)" for k in listed
+        )
+        log_event(session, run, f"Moving the items under {moving}"[:400])
+
+
 def start_encrypt_existing(session: Session, org: Organization, actor: Any) -> RotationRun:
-    """Move items still under platform keys to the organisation's BYOK key."""
+    """Move every item not under the organisation's BYOK key onto it.
+
+    That is the platform-key items from before BYOK, and also whatever an earlier BYOK key
+    still holds (a cancelled run's, or one from before a Disable and re-Enable).
+    """
     if run_in_progress(session, org.id):
         raise RotationError("A rotation is already in progress for this organisation.")
     active = policy.active_key(session, org.id)
     if active is None or active.origin == "platform":
         raise RotationError("Enable BYOK first: existing data moves to your key.")
-    platform = [
-        r.key_id
-        for r in session.scalars(
-            select(OrgKey).where(
-                OrgKey.company_id == org.id,
-                OrgKey.origin == "platform",
-                OrgKey.state == "decrypt_only",
-            )
+    return _start_move(session, org, actor, active, "encrypt_existing")
+
+
+def start_move_to_active(session: Session, org: Organization, actor: Any) -> RotationRun:
+    """The compliance page's "Move them to the active key": the same run and audit event,
+    moving whatever is left under any other readable key to the active key, whatever its
+    origin (after a Disable, that is the platform key).
+    """
+    if run_in_progress(session, org.id):
+        raise RotationError("A rotation is already in progress for this organisation.")
+    active = policy.active_key(session, org.id)
+    if active is None:
+        raise RotationError(
+            "There is no active key to move the items to: restore or enable a key first."
         )
-    ]
-    if not platform:
-        raise RotationError("No items are under a platform key.")
-    run = _new_run(session, org, actor, "encrypt_existing", platform, active.key_id)
+    return _start_move(session, org, actor, active, "leftover")
+
+
+def _start_move(
+    session: Session, org: Organization, actor: Any, active: OrgKey, trigger: str
+) -> RotationRun:
+    """Start an encrypt-existing run from every readable key but the active one."""
+    found = sources(session, org.id, active.key_id)
+    keys = _source_list(found)
+    if not any(found.items(k) for k in keys):
+        raise RotationError(
+            "Nothing to move: every item that can be read is already under the active key."
+        )
+    run = _new_run(session, org, actor, "encrypt_existing", keys, active.key_id)
     log_event(session, run, f"Encryption of existing data under {active.fingerprint} started")
+    _log_sources(session, run, keys, found)
+    unmovable = _report_unmovable(session, run, found)
     emit(
         session,
         "BYOK.encrypt_existing_started",
         actor=actor,
         company_id=org.id,
-        details={"run_id": str(run.id), "items": _total(run)},
+        details={
+            "run_id": str(run.id),
+            "items": _total(run),
+            "from_fingerprints": _fingerprints(keys),
+            "unmovable": unmovable,
+            "trigger": trigger,
+        },
     )
     return run
 
@@ -267,16 +391,28 @@ CONTROL_EVENTS = {
 
 
 def control(session: Session, run: RotationRun, action: str, actor: Any) -> RotationRun:
-    """Pause, resume or cancel a run (workers notice at their next batch)."""
+    """Pause, resume or cancel a run (workers notice at their next batch).
+
+    A cancelled run can be resumed while nothing has superseded it (see ``can_resume``).
+    """
     allowed, target = CONTROL_STATES[action]
-    if run.state not in allowed:
+    was = run.state
+    if action == "resume" and was == "cancelled":
+        problem = resume_refusal(session, run)
+        if problem:
+            raise RotationError(problem)
+        _reopen(session, run)
+    elif run.state not in allowed:
         done = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[action]
         raise RotationError(f"A {run.state} run cannot be {done}.")
     run.state = target
     if action == "cancel":
         run.finished_at = utcnow()
         log_event(
-            session, run, "Cancelled: items keep whichever key they have; both keys stay available"
+            session,
+            run,
+            "Cancelled: items keep whichever key they have; every key stays available, "
+            "and the run can be resumed",
         )
     else:
         verb = "Paused" if action == "pause" else "Resumed"
@@ -292,9 +428,69 @@ def control(session: Session, run: RotationRun, action: str, actor: Any) -> Rota
         CONTROL_EVENTS[action],
         actor=actor,
         company_id=run.company_id,
-        details={"run_id": str(run.id)},
+        details={"run_id": str(run.id), **({"from_state": was} if action == "resume" else {})},
     )
     return run
+
+
+def resume_refusal(session: Session, run: RotationRun) -> str | None:
+    """Why the run cannot be resumed now, or None when it can.
+
+    A paused or failed run always can. A cancelled one can while it is its organisation's
+    latest run, no other run is in progress, and its target key is still the active key:
+    a key change since the cancellation means a new run must decide where items go.
+    """
+    if run.state in CONTROL_STATES["resume"][0]:
+        return None
+    if run.state != "cancelled":
+        return f"A {run.state} run cannot be resumed."
+    if run_in_progress(session, run.company_id):
+        return "A rotation is already in progress for this organisation."
+    latest = session.scalar(
+        select(RotationRun.id)
+        .where(RotationRun.company_id == run.company_id)
+        .order_by(RotationRun.created_at.desc())
+        .limit(1)
+    )
+    if latest != run.id:
+        return "A later run was started since this one was cancelled; it cannot be resumed."
+    active = policy.active_key(session, run.company_id)
+    if active is None or active.key_id != run.new_key_id:
+        return (
+            "The run's new key is no longer the active key; start a new rotation or use "
+            "Move them to the active key instead."
+        )
+    return None
+
+
+def can_resume(session: Session, run: RotationRun) -> bool:
+    """Whether a Resume control applies to the run (paused, failed, or resumable cancelled)."""
+    return resume_refusal(session, run) is None
+
+
+def _reopen(session: Session, run: RotationRun) -> None:
+    """Prepare a cancelled run to go on: every readable key but its target, fresh totals.
+
+    The ranges start again from their beginning (items already moved are no longer under a
+    source key, so they are not read again) and keep their counts of items moved.
+    """
+    found = sources(session, run.company_id, run.new_key_id)
+    keys = _source_list(found) or run.old_key_ids.split(",")
+    run.old_key_ids = ",".join(keys)
+    done = progress(session, run)
+    left = count_items(session, run.company_id, keys)
+    for kind in DATA_KINDS:
+        setattr(run, f"{kind}_total", done.kinds[kind]["done"] + left[kind])
+    session.execute(RotationFailure.__table__.delete().where(RotationFailure.run_id == run.id))
+    session.execute(
+        update(RotationRange)
+        .where(RotationRange.run_id == run.id)
+        .values(state="pending", cursor=None, worker=None, enqueued_at=None, failed=0)
+    )
+    run.finished_at = None
+    log_event(session, run, f"Resuming the cancelled run: {sum(left.values())} items to move")
+    _log_sources(session, run, keys, found)
+    _report_unmovable(session, run, found)
 
 
 def set_throttle(session: Session, run: RotationRun, per_second: float | None, actor: Any) -> None:
@@ -352,15 +548,24 @@ def failure_count(session: Session, run: RotationRun) -> int:
 
 
 def verify_and_finish(session: Session, run: RotationRun) -> str:
-    """Count what is left under the old keys; complete (retiring them) or go round again."""
-    old = run.old_key_ids.split(",")
-    left = sum(count_items(session, run.company_id, old).values())
+    """Count what is left under every readable key but the target; complete or go round again.
+
+    The count is not limited to the keys the run started from: a key that became readable
+    since (restored from a backup) or did not fit in the run's list joins the run for
+    another pass. On completion each source key with nothing left under it is retired on its
+    own; a key still holding items that could not be moved stays decrypt-only.
+    """
+    forget_cached_keys()  # key states as they are now, not as this process cached them
+    found = sources(session, run.company_id, run.new_key_id)
+    old = [k for k in run.old_key_ids.split(",") if k]
+    holding = [k for k in found.keys if found.items(k)]
+    left = sum(found.items(k) for k in holding)
     failed = failure_count(session, run)
     if left > failed:
         run.passes += 1
         if run.passes > MAX_PASSES:
             run.state, run.finished_at = "failed", utcnow()
-            run.error = f"{left - failed} items were still under the old key after verification"
+            run.error = f"{left - failed} items were still under the old keys after verification"
             log_event(session, run, f"Failed: {run.error}")
             emit(
                 session,
@@ -370,7 +575,9 @@ def verify_and_finish(session: Session, run: RotationRun) -> str:
                 outcome="failure",
                 details={"run_id": str(run.id), "left": left},
             )
+            _retire(session, run, old, found)
             return run.state
+        _add_sources(session, run, old, holding, found)
         session.execute(
             update(RotationRange)
             .where(RotationRange.run_id == run.id)
@@ -381,23 +588,39 @@ def verify_and_finish(session: Session, run: RotationRun) -> str:
         return run.state
     _settle_totals(session, run)
     run.state, run.finished_at = "completed", utcnow()
-    log_event(
-        session,
-        run,
-        f"Completed; {failed} items could not be moved"
-        if failed
-        else "Completed and verified: nothing is left under the old key",
-    )
+    unmovable = sum(found.unmovable.values())
+    if failed:
+        summary = f"Completed; {failed} items could not be moved"
+    elif unmovable:
+        summary = "Completed and verified: nothing readable is left under the old keys"
+    else:
+        summary = "Completed and verified: nothing is left under the old keys"
+    log_event(session, run, summary)
+    _report_unmovable(session, run, found)
     emit(
         session,
         "BYOK.rotation_completed",
         actor="system",
         company_id=run.company_id,
-        details={"run_id": str(run.id), "failed": failed},
+        details={"run_id": str(run.id), "failed": failed, "unmovable": unmovable},
     )
-    if failed == 0:
-        _retire(session, run, old)
+    _retire(session, run, old, found)
     return run.state
+
+
+def _add_sources(
+    session: Session, run: RotationRun, old: list[str], holding: list[str], found: Sources
+) -> None:
+    """Add to the run the readable keys verification found items under that it did not list."""
+    extra = [k for k in holding if k not in old]
+    if not extra:
+        return
+    keys = (holding + [k for k in old if k not in holding])[:MAX_SOURCE_KEYS]
+    run.old_key_ids = ",".join(keys)
+    for kind in DATA_KINDS:
+        added = sum(found.counts.get(k, {}).get(kind, 0) for k in extra if k in keys)
+        setattr(run, f"{kind}_total", getattr(run, f"{kind}_total") + added)
+    _log_sources(session, run, [k for k in extra if k in keys], found)
 
 
 def _settle_totals(session: Session, run: RotationRun) -> None:
@@ -424,16 +647,31 @@ def _settle_totals(session: Session, run: RotationRun) -> None:
         )
 
 
-def _retire(session: Session, run: RotationRun, old: list[str]) -> None:
-    """Retire the old keys: their sealed copies are destroyed, nothing needs them now."""
+def _retire(session: Session, run: RotationRun, old: list[str], found: Sources) -> None:
+    """Retire each source key nothing is left under: its sealed copy is destroyed.
+
+    Per key, not all or nothing: a key still holding an item that could not be moved stays
+    decrypt-only (the item stays readable if it can be repaired), the others are retired.
+    """
     rows = session.scalars(
-        select(OrgKey).where(
+        select(OrgKey)
+        .where(
             OrgKey.company_id == run.company_id,
             OrgKey.key_id.in_(old),
             OrgKey.state == "decrypt_only",
         )
+        .order_by(OrgKey.created_at)
     )
     for row in rows:
+        kept = found.items(row.key_id)
+        if kept:
+            log_event(
+                session,
+                run,
+                f"Old key {row.fingerprint} keeps {kept} items that could not be moved; "
+                "it stays decrypt-only",
+            )
+            continue
         row.sealed = None
         mark_state(row, "retired", "system")
         log_event(session, run, f"Old key {row.fingerprint} retired; its sealed copy destroyed")
