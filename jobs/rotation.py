@@ -18,6 +18,22 @@ from portal.db import scrub_rewritten, utcnow
 from portal.rotation import engine, service
 from portal.rotation.models import RotationRange, RotationRun
 
+# The pid of the RQ worker process whose job processes (work-horses) run these jobs, set
+# before it forks them: claims name it, so its supervisor can release them if it dies.
+_worker_pid: int | None = None
+
+
+def set_worker_process(pid: int) -> None:
+    """Name the worker process that this process's jobs will run under."""
+    global _worker_pid
+    _worker_pid = pid
+
+
+def _claim_label() -> str:
+    """host:WORKER:JOB:nonce, the worker process and the job process (the same without fork)."""
+    job = os.getpid()
+    return f"{socket.gethostname()}:{_worker_pid or job}:{job}:{uuid.uuid4().hex[:6]}"
+
 
 def _session(app: Flask) -> Session:
     """A session of its own for a job (a job owns its transactions)."""
@@ -68,7 +84,7 @@ def _release(db: Session, range_id: int, me: str, state: str = "pending") -> Non
 def _process(app: Flask, run_id: uuid.UUID, range_id: int) -> str:
     """The batch loop of one range."""
     cfg = app.config
-    me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    me = _claim_label()
     with _session(app) as db:
         if not _claim(db, run_id, range_id, me, cfg["ROTATION_STALE_SECONDS"]):
             return "not claimed"
@@ -177,8 +193,11 @@ def _maybe_finish(
         scrub_rewritten(app.extensions["db_engine"], rewritten)
 
 
-def enqueue_ranges(app: Flask, run_id: uuid.UUID, everything: bool = False) -> int:
-    """Queue a job for each pending range not queued recently (all of them if asked)."""
+def enqueue_ranges(
+    app: Flask, run_id: uuid.UUID, everything: bool = False, at_front: bool = False
+) -> int:
+    """Queue a job for each pending range not queued recently (all of them if asked; ahead
+    of other runs' slices if asked)."""
     from rq import Retry
 
     from portal.redis_conn import connect
@@ -207,6 +226,7 @@ def enqueue_ranges(app: Flask, run_id: uuid.UUID, everything: bool = False) -> i
             str(run_id),
             range_id,
             job_id=f"rotation-range-{range_id}-{uuid.uuid4().hex[:8]}",
+            at_front=at_front,
             retry=Retry(max=3, interval=[1, 2, 5]),
             job_timeout=max(300, 10 * app.config["ROTATION_SLICE_SECONDS"]),
             result_ttl=300,
@@ -297,6 +317,37 @@ def release_stale_ranges(db: Session, run_id: uuid.UUID, stale_seconds: int) -> 
         .values(state="pending", worker=None, enqueued_at=None)
     ).rowcount
     db.commit()
+    return released
+
+
+def release_claims_of(app: Flask, worker_pid: int, job_pid: int | None = None) -> int:
+    """Hand back at once the ranges a dead worker process (or one dead job process of it) held
+    on this host, and queue them first: the watchdog would wait for them to go stale."""
+    prefix = f"{socket.gethostname()}:{worker_pid}:" + (f"{job_pid}:" if job_pid else "")
+    held = RotationRange.worker.startswith(prefix, autoescape=True)
+    with _session(app) as db:
+        runs = list(
+            db.scalars(
+                select(RotationRange.run_id)
+                .where(RotationRange.state == "running", held)
+                .distinct()
+            )
+        )
+        released = db.execute(
+            update(RotationRange)
+            .where(RotationRange.state == "running", held)
+            .values(state="pending", worker=None, enqueued_at=None)
+        ).rowcount
+        running = list(
+            db.scalars(
+                select(RotationRun.id).where(
+                    RotationRun.id.in_(runs), RotationRun.state == "running"
+                )
+            )
+        )
+        db.commit()
+    for run_id in running:
+        enqueue_ranges(app, run_id, at_front=True)
     return released
 
 

@@ -83,20 +83,35 @@ def _work(burst: bool) -> None:
     os.nice(app.config["WORKER_NICE"])
     with app.app_context():
         from jobs.context import set_app
-        from jobs.rotation import resume_active_runs
+        from jobs.rotation import release_claims_of, resume_active_runs, set_worker_process
 
         set_app(app)
+        set_worker_process(os.getpid())
         connection = connect(app)
         queue = make_queue(connection, app.config["RQ_QUEUE"])
+
+        def horse_killed(_job, pid: int, _status: int, _rusage) -> None:
+            """A job process died (SIGKILL, OOM): hand its ranges back now, not when stale."""
+            try:
+                released = release_claims_of(app, os.getpid(), pid)
+            except Exception as exc:  # noqa: BLE001 - the watchdog still takes them over later
+                print(f"could not release job process {pid}'s ranges: {exc!r}", flush=True)
+                return
+            if released:
+                print(f"job process {pid} died; released {released} ranges", flush=True)
+
         while True:
             try:
                 # The database is the source of truth: whatever Redis lost is queued again.
                 resumed = resume_active_runs(app)
                 if resumed:
                     print(f"resumed rotation runs: {', '.join(resumed)}", flush=True)
-                Worker([queue], connection=connection, serializer=JSONSerializer).work(
-                    burst=burst, with_scheduler=True
-                )
+                Worker(
+                    [queue],
+                    connection=connection,
+                    serializer=JSONSerializer,
+                    work_horse_killed_handler=horse_killed,
+                ).work(burst=burst, with_scheduler=True)
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 print(f"Redis unavailable ({type(exc).__name__}); retrying", flush=True)
@@ -122,9 +137,50 @@ def _watch(interval: float) -> None:
         time.sleep(interval)
 
 
+def _supervisor_app():
+    """The app the supervisor releases a dead worker's ranges with (None if it cannot be
+    built: the watchdog then takes them over when they go stale)."""
+    from portal import create_app
+
+    try:
+        app = create_app()
+    except Exception as exc:  # noqa: BLE001 - the workers report their own start-up errors
+        print(f"supervisor cannot release ranges of dead workers: {exc!r}", flush=True)
+        return None
+    _close_connections(app)
+    return app
+
+
+def _close_connections(app) -> None:
+    """Leave no database or Redis connection open for the next forked worker to inherit."""
+    app.extensions["db_engine"].dispose()
+    client = app.extensions.get("redis")
+    if client is not None:
+        client.connection_pool.disconnect()
+
+
+def _release_ranges_of(app, pid: int) -> None:
+    """A worker process died: hand back the ranges its jobs held and queue them first, so
+    another worker goes on at once instead of after ROTATION_STALE_SECONDS."""
+    from jobs.rotation import release_claims_of
+
+    if app is None:
+        return
+    try:
+        released = release_claims_of(app, pid)
+    except Exception as exc:  # noqa: BLE001 - the watchdog still takes them over later
+        print(f"could not release worker process {pid}'s ranges: {exc!r}", flush=True)
+        return
+    finally:
+        _close_connections(app)
+    if released:
+        print(f"released {released} ranges of worker process {pid}", flush=True)
+
+
 def run_workers(count: int, burst: bool) -> None:
     """Run ``count`` workers and a watchdog, each a process; restart any that dies."""
     import time
+    from multiprocessing.connection import wait
 
     if burst:
         _work(burst)
@@ -151,14 +207,23 @@ def run_workers(count: int, burst: bool) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    app = _supervisor_app()  # after the first forks: no worker inherits it
     while not stopping:
+        restarted = False
         for n, (target, args, proc) in enumerate(procs):
             if not proc.is_alive() and not stopping:
+                restarted = True
                 print(
                     f"{target.__name__} process {proc.pid} exited ({proc.exitcode}); restarting",
                     flush=True,
                 )
+                if target is _work:
+                    _release_ranges_of(app, proc.pid)
                 procs[n] = (target, args, start(target, *args))
-        time.sleep(0.5)
+        if restarted:
+            time.sleep(0.5)  # a child that cannot start is restarted twice a second, no faster
+        else:
+            # Wake as soon as a child exits (its sentinel becomes ready).
+            wait([proc.sentinel for _target, _args, proc in procs], timeout=0.5)
     for _target, _args, proc in procs:
         proc.join(timeout=30)
