@@ -128,6 +128,7 @@ class KeyStatus:
     rotation_due: datetime | None
     access_revoked: bool
     rotation_overdue: bool
+    # Items under platform keys written before the organisation's first own key.
     platform_items: int
     # Keys (as in ``keys``) holding items although they are neither active nor being moved
     # by a running rotation: the compliance page warns about them.
@@ -186,7 +187,6 @@ def status(session: Session, org: Organization, now: datetime | None = None) -> 
         # The clock runs from when the key began encrypting (its creation), so a revoke and
         # restore of an overdue key does not silence the warning.
         due = _aware(active.created_at) + timedelta(days=org.rotation_period_days)
-    platform_items = sum(k["items"] for k in keys if k["origin"] == "platform")
     return KeyStatus(
         org=org,
         byok_enabled=enabled,
@@ -196,9 +196,34 @@ def status(session: Session, org: Organization, now: datetime | None = None) -> 
         rotation_due=due,
         access_revoked=revoked,
         rotation_overdue=bool(due and due < now),
-        platform_items=platform_items,
+        platform_items=items_before_byok(session, org.id, loaded.rows),
         leftover=_leftover(session, org, keys),
     )
+
+
+def items_before_byok(session: Session, company_id, rows: list[OrgKey]) -> int:
+    """Count the platform-key items written before the organisation's first own key.
+
+    A platform key encrypts again while BYOK is off or after the key is declared lost (the
+    newest usable one is reused), so the key alone does not say when an item was written;
+    its creation time does. Items written under a platform key after BYOK was first enabled
+    are not "from before BYOK": they show among the items left under older keys.
+    """
+    platform = [r.key_id for r in rows if r.origin == "platform"]
+    own = [r.created_at for r in rows if r.origin != "platform"]
+    if not platform:
+        return 0
+    total = 0
+    for _kind, model in DATA_TABLES:
+        query = (
+            select(func.count())
+            .select_from(model)
+            .where(model.company_id == company_id, model.key_id.in_(platform))
+        )
+        if own:
+            query = query.where(model.created_at < min(own))
+        total += session.scalar(query) or 0
+    return total
 
 
 def _leftover(session: Session, org: Organization, keys: list[dict[str, Any]]) -> list[dict]:
