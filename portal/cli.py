@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import click
 from flask import Flask
 
+from portal.demo import DEFAULT_ITEMS as DEMO_ITEMS
 from portal.models import ROLES, TIERS
 
 
@@ -138,11 +139,19 @@ def worker(count: int, burst: bool) -> None:
 @main.command()
 @click.option("--port", type=int, default=5000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
-def demo(port: int, host: str) -> None:
+@click.option(
+    "--items",
+    type=click.IntRange(0, 1_000_000),
+    default=DEMO_ITEMS,
+    show_default=True,
+    help="Items seeded for Acme Org Community, which can switch BYOK on with data in place, "
+    "when it is created (the default keeps a rotation's progress on screen for about 20 s).",
+)
+def demo(port: int, host: str, items: int) -> None:
     """Set up demo organisations and users, then serve the portal with a worker."""
     from portal.demo import run_demo
 
-    run_demo(host, port)
+    run_demo(host, port, items)
 
 
 @main.command("create-token")

@@ -289,7 +289,8 @@ def start_demo(env: dict[str, str]) -> Demo:
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "portal.cli", "demo", "--port", str(port)],
+        # A few items: the default (sized for watching a rotation) takes many seconds to seed.
+        [sys.executable, "-m", "portal.cli", "demo", "--port", str(port), "--items", "40"],
         env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -18,6 +18,7 @@ from tests.conftest import free_port
 
 START_SECONDS = 90  # a demo start on two shared cores, seeding included
 STOP_SECONDS = 45
+ITEMS = ("--items", "40")  # a few: these tests are about processes, not data
 
 
 def _demo_env(home: Path) -> dict[str, str]:
@@ -48,11 +49,12 @@ def _processes_of(home: Path) -> dict[int, str]:
     return found
 
 
-def _wait_until_workers_listen(home: Path, log: Path) -> dict[int, str]:
+def _wait_until_workers_listen(home: Path, log: Path, proc: subprocess.Popen) -> dict[int, str]:
     """Wait until the demo printed its logins and its RQ worker is registered in Redis."""
     deadline = time.monotonic() + START_SECONDS
     while True:
         text = log.read_text() if log.exists() else ""
+        assert proc.poll() is None, "demo exited early:\n" + text
         if "Press Ctrl-C" in text and (home / "redis.sock").exists():
             try:
                 client = redis.Redis(unix_socket_path=str(home / "redis.sock"), socket_timeout=2)
@@ -87,7 +89,9 @@ def test_demo_piped_to_tee_stops_everything_on_ctrl_c(tmp_path):
     home = tmp_path / "home"
     log, errors = tmp_path / "demo.log", tmp_path / "demo.err"
     assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in _demo_env(home).items())
-    demo = f"{shlex.quote(sys.executable)} -m portal.cli demo --port {free_port()}"
+    demo = shlex.join(
+        [sys.executable, "-m", "portal.cli", "demo", "--port", str(free_port()), *ITEMS]
+    )
     # A terminal's foreground job: the shell, the demo and tee in one process group.
     pipeline = subprocess.Popen(
         ["sh", "-c", f"{assignments} {demo} 2>{shlex.quote(str(errors))} | tee {log}"],
@@ -96,7 +100,7 @@ def test_demo_piped_to_tee_stops_everything_on_ctrl_c(tmp_path):
     )
     left: dict[int, str] = {}
     try:
-        running = _wait_until_workers_listen(home, log)
+        running = _wait_until_workers_listen(home, log, pipeline)
         os.killpg(pipeline.pid, signal.SIGINT)  # Ctrl-C: tee dies at the same moment
         left = _wait_until_gone(home)
         assert not left, f"left running after Ctrl-C: {left} (started: {running})"
@@ -112,7 +116,7 @@ def test_demo_stops_everything_on_a_signal_after_its_reader_has_gone(tmp_path, s
     log, errors = tmp_path / "demo.log", tmp_path / "demo.err"
     with errors.open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "portal.cli", "demo", "--port", str(free_port())],
+            [sys.executable, "-m", "portal.cli", "demo", "--port", str(free_port()), *ITEMS],
             env={**os.environ, **_demo_env(home)},
             stdout=subprocess.PIPE,
             stderr=err,
@@ -126,7 +130,10 @@ def test_demo_stops_everything_on_a_signal_after_its_reader_has_gone(tmp_path, s
                 if b"Press Ctrl-C" in line:
                     break
         proc.stdout.close()  # the reader goes away: the demo's next print meets EPIPE
-        running = _wait_until_workers_listen(home, log)
+        running = _wait_until_workers_listen(home, log, proc)
+        shown = log.read_text()
+        assert "seeding Acme Org Community: 40 items" in shown
+        assert "  Globex Dedicated - Dedicated tier: BYOK required" in shown
         proc.send_signal(signum)
         assert proc.wait(timeout=STOP_SECONDS) == 0, errors.read_text()
         left = _wait_until_gone(home)
@@ -136,3 +143,99 @@ def test_demo_stops_everything_on_a_signal_after_its_reader_has_gone(tmp_path, s
         _kill_leftovers(left or _processes_of(home))
         if proc.poll() is None:
             proc.kill()
+
+
+def _items_per_org(app) -> dict[str, tuple[int, set[str]]]:
+    """Count each demo organisation's items, and the key ids they are under, by slug."""
+    from sqlalchemy import func, select
+
+    from portal.chat.models import Attachment, Conversation, Message
+    from portal.db import get_session
+    from portal.models import Organization
+
+    db = get_session()
+    counts = {}
+    for org in db.scalars(select(Organization)):
+        total, keys = 0, set()
+        for model in (Conversation, Message, Attachment):
+            rows = db.execute(
+                select(model.key_id, func.count())
+                .where(model.company_id == org.id)
+                .group_by(model.key_id)
+            )
+            for key_id, count in rows:
+                total += count
+                keys.add(key_id)
+        counts[org.slug] = (total, keys)
+    return counts
+
+
+def test_items_option_seeds_that_many_items_readable_through_the_data_path(app):
+    from sqlalchemy import select
+
+    from portal.chat.models import Attachment, Conversation, Message
+    from portal.chat.service import Reader
+    from portal.db import get_session
+    from portal.demo import seed
+    from portal.keys.policy import active_key
+    from portal.models import Organization
+
+    with app.app_context():
+        seed(app, 57)
+        counts = _items_per_org(app)
+        assert {slug: total for slug, (total, _keys) in counts.items()} == {
+            "acme-org-community": 57,  # Organization Community: BYOK may be switched on later
+            "solo-community": 19,  # Community: no BYOK, so only a few
+            "globex-dedicated": 0,  # isolated tiers store nothing before BYOK is on
+            "initech-on-premise": 0,
+        }
+        db = get_session()
+        acme = db.scalar(select(Organization).where(Organization.slug == "acme-org-community"))
+        assert counts["acme-org-community"][1] == {active_key(db, acme.id).key_id}
+        reader = Reader(db, acme.id)
+        bodies = [
+            reader.open("messages", "body", m.id, m.body_ct)
+            for m in db.scalars(
+                select(Message).where(Message.company_id == acme.id).order_by(Message.created_at)
+            )
+        ]
+        titles = [
+            reader.open("conversations", "title", c.id, c.title_ct)
+            for c in db.scalars(select(Conversation).where(Conversation.company_id == acme.id))
+        ]
+        (attachment,) = db.scalars(select(Attachment).where(Attachment.company_id == acme.id))
+        assert reader.open("attachments", "filename", attachment.id, attachment.filename_ct) == (
+            b"notes.txt"
+        )
+        assert len(titles) == 3 and len(bodies) == 57 - 3 - 1
+        assert bodies[0] == b"Quarterly plan #1: message 1 from the user."
+        seed(app, 500)  # a second start reuses the organisations and adds nothing
+        assert _items_per_org(app)["acme-org-community"][0] == 57
+
+
+def test_printed_logins_stand_under_their_organisation_and_its_tier(app, capsys):
+    from portal.demo import _print_logins, seed
+
+    with app.app_context():
+        logins = seed(app, 0)
+    capsys.readouterr()
+    _print_logins("http://127.0.0.1:5000/", logins)
+    lines = capsys.readouterr().out.splitlines()
+    tiers = {
+        "solo-community": "Community (personal) tier: no BYOK",
+        "acme-org-community": "Organization Community tier: BYOK available",
+        "globex-dedicated": "Dedicated tier: BYOK required",
+        "initech-on-premise": "On-Premise tier: BYOK required",
+        "platform": "Platform support",
+    }
+    heading, seen = "", {}
+    for line in lines:
+        if line.startswith("    ") and "@" in line:
+            email, _password = line.split()
+            seen[email] = heading
+        elif line.startswith("  "):
+            heading = line.strip()
+    assert len(seen) == 13, lines
+    for email, under in seen.items():
+        domain = email.split("@")[1].removesuffix(".example")
+        assert tiers[domain] in under, (email, under)
