@@ -198,3 +198,70 @@ def test_rows_deleted_while_a_rotation_runs_are_not_failures_and_stay_deleted(
     assert sum(counts.values()) == len(left) and counts["conversations"] < 6
     assert key_ids(app, org) == {crypto.key_id(new).hex()}
     assert set(plaintext_digest(app, org)) == left  # every survivor reads under the new key
+
+
+# ---------------------------------------------------------------- writes racing a delete
+
+
+def delete_behind_the_request(app: Flask, model: type, row_id: str) -> None:
+    """Delete a row on another connection, as a concurrent DELETE request would."""
+    from sqlalchemy import delete
+
+    with app.extensions["db_engine"].begin() as conn:
+        if model is Conversation:
+            for child in (Attachment, Message):
+                conn.execute(delete(child).where(child.conversation_id == uuid.UUID(row_id)))
+        conn.execute(delete(model).where(model.id == uuid.UUID(row_id)))
+
+
+def test_a_message_added_to_a_conversation_deleted_meanwhile_answers_404(app, api_a, monkeypatch):
+    from portal.chat import service as chat
+
+    conv = api_a.conversation("about to go")
+    real = chat.add_message
+
+    def add_after_the_delete(session, conversation, author, body):
+        """The conversation is deleted after the view found it, before the insert."""
+        delete_behind_the_request(app, Conversation, str(conversation.id))
+        return real(session, conversation, author, body)
+
+    monkeypatch.setattr(chat, "add_message", add_after_the_delete)
+    response = api_a.post_json(f"/conversations/{conv}/messages", {"body": "x", "author": "a"})
+    assert_error(response, 404, "not_found")
+    assert ids(app, Message) == ids(app, Conversation) == set()
+
+
+def test_an_attachment_added_to_a_conversation_deleted_meanwhile_answers_404(
+    app, api_a, monkeypatch
+):
+    from portal.chat import service as chat
+
+    conv = api_a.conversation("about to go")
+    real = chat.add_attachment
+
+    def add_after_the_delete(session, conversation, *args):
+        """The conversation is deleted after the view found it, before the insert."""
+        delete_behind_the_request(app, Conversation, str(conversation.id))
+        return real(session, conversation, *args)
+
+    monkeypatch.setattr(chat, "add_attachment", add_after_the_delete)
+    assert_error(api_a.upload(conv, b"x", "x.bin", "text/plain"), 404, "not_found")
+    assert ids(app, Attachment) == set()
+
+
+def test_an_edit_of_a_message_deleted_meanwhile_answers_404(app, api_a, monkeypatch):
+    from portal.chat import service as chat
+
+    conv = api_a.conversation()
+    msg = api_a.message(conv, "before")
+    real = chat.edit_message
+
+    def edit_after_the_delete(session, message, body):
+        """The message is deleted after the view found it, before the update."""
+        delete_behind_the_request(app, Message, str(message.id))
+        return real(session, message, body)
+
+    monkeypatch.setattr(chat, "edit_message", edit_after_the_delete)
+    edit = api_a.client.patch(f"/api/v1/messages/{msg}", json={"body": "x"}, headers=api_a.headers)
+    assert_error(edit, 404, "not_found")
+    assert ids(app, Message) == set()

@@ -11,7 +11,7 @@ import uuid
 from flask import Response, g
 
 from portal.api import bp
-from portal.api.views import ApiError
+from portal.api.errors import ApiError
 from portal.chat import service
 from portal.db import get_session
 

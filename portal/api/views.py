@@ -8,65 +8,20 @@ from typing import Any
 
 from flask import Response, current_app, g, jsonify, request
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import defer
 
 from portal import crypto
 from portal.api import bp
 from portal.api.auth import request_token
+from portal.api.errors import ApiError
 from portal.api.openapi import openapi_document
 from portal.chat import service
 from portal.chat.models import Attachment, Conversation, Message
 from portal.db import get_session
-from portal.keys.policy import ByokRequired
-from portal.keys.service import KeyUnavailable
 
 MAX_PAGE = 500
 # The content type is stored in the clear in a String(200) column; PostgreSQL would refuse more.
 MAX_CONTENT_TYPE = 200
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": code, "message": text}`` with an HTTP status."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-@bp.errorhandler(ApiError)
-def _api_error(exc: ApiError):
-    """Answer an ApiError as JSON."""
-    return jsonify(error=exc.code, message=exc.message), exc.status
-
-
-@bp.errorhandler(KeyUnavailable)
-def _key_unavailable(exc: KeyUnavailable):
-    """The organisation's key cannot encrypt: nothing is stored."""
-    return jsonify(error="key_unavailable", message=str(exc)), 503
-
-
-@bp.errorhandler(OperationalError)
-def _storage_error(exc: OperationalError):
-    """The database refused the write (full disk, lost connection): nothing was stored."""
-    import logging
-
-    get_session().rollback()
-    logging.getLogger("portal.errors").error("data API storage error: %s", type(exc.orig))
-    full = "full" in str(exc.orig).lower()
-    code, status = ("storage_full", 507) if full else ("storage_unavailable", 503)
-    message = (
-        "The server has no room to store this; nothing was stored."
-        if full
-        else "The database is unavailable; nothing was stored. Try again."
-    )
-    return jsonify(error=code, message=message), status
-
-
-@bp.errorhandler(ByokRequired)
-def _byok_required(exc: ByokRequired):
-    """BYOK is mandatory here and not enabled yet: nothing is stored, reads still work."""
-    return jsonify(error="byok_required", message=str(exc)), 409
 
 
 @bp.after_app_request

@@ -1,0 +1,70 @@
+"""How the data API answers errors: one JSON shape, ``{"error": code, "message": text}``."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import jsonify
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm.exc import StaleDataError
+
+from portal.api import bp
+from portal.db import get_session
+from portal.keys.policy import ByokRequired
+from portal.keys.service import KeyUnavailable
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": code, "message": text}`` with an HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError):
+    """Answer an ApiError as JSON."""
+    return jsonify(error=exc.code, message=exc.message), exc.status
+
+
+@bp.errorhandler(KeyUnavailable)
+def _key_unavailable(exc: KeyUnavailable):
+    """The organisation's key cannot encrypt: nothing is stored."""
+    return jsonify(error="key_unavailable", message=str(exc)), 503
+
+
+@bp.errorhandler(OperationalError)
+def _storage_error(exc: OperationalError):
+    """The database refused the write (full disk, lost connection): nothing was stored."""
+    get_session().rollback()
+    logging.getLogger("portal.errors").error("data API storage error: %s", type(exc.orig))
+    full = "full" in str(exc.orig).lower()
+    code, status = ("storage_full", 507) if full else ("storage_unavailable", 503)
+    message = (
+        "The server has no room to store this; nothing was stored."
+        if full
+        else "The database is unavailable; nothing was stored. Try again."
+    )
+    return jsonify(error=code, message=message), status
+
+
+@bp.errorhandler(IntegrityError)
+def _parent_deleted(exc: IntegrityError):
+    """A message or file for a conversation deleted after the request found it: the insert
+    breaks the foreign key. Nothing was stored, and the conversation is gone."""
+    get_session().rollback()
+    return jsonify(error="not_found", message="no such conversation (it was just deleted)"), 404
+
+
+@bp.errorhandler(StaleDataError)
+def _row_deleted(exc: StaleDataError):
+    """An edit of a message deleted after the request found it: the update matched no row."""
+    get_session().rollback()
+    return jsonify(error="not_found", message="no such message (it was just deleted)"), 404
+
+
+@bp.errorhandler(ByokRequired)
+def _byok_required(exc: ByokRequired):
+    """BYOK is mandatory here and not enabled yet: nothing is stored, reads still work."""
+    return jsonify(error="byok_required", message=str(exc)), 409
