@@ -1,4 +1,9 @@
-"""Forms of the BYOK wizard. Key fields are never rendered back with their value."""
+"""Forms of the BYOK wizard.
+
+Key fields are rendered back with their value only on the full-page (no JavaScript) answer
+of a key that passed Test Key / Test Keys, so it need not be pasted twice; those answers are
+``no-store`` like every answer of this area.
+"""
 
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, HiddenField, PasswordField, StringField, TextAreaField

@@ -443,7 +443,9 @@ def rotate_start():
         audit_as="BYOK.rotation_started",
     )
     if run is None:
-        return _refused("rotate", form, org, tested=tested, tested_field="new_key")
+        return _refused(
+            "rotate", form, org, tested=tested, tested_field="new_key", rotate_tested=tested
+        )
     get_session().commit()
     _forget_generated(tested)
     enqueue_ranges(current_app._get_current_object(), run.id)
