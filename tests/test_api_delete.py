@@ -265,3 +265,45 @@ def test_an_edit_of_a_message_deleted_meanwhile_answers_404(app, api_a, monkeypa
     edit = api_a.client.patch(f"/api/v1/messages/{msg}", json={"body": "x"}, headers=api_a.headers)
     assert_error(edit, 404, "not_found")
     assert ids(app, Message) == set()
+
+
+def test_deleting_an_item_a_rotation_could_not_move_lets_a_retry_retire_the_old_key(app, orgs):
+    """The way out for a bad row: delete it, retry the run's failed items, and the old key
+    is retired with nothing left under it."""
+    from sqlalchemy import update
+
+    org = orgs["a"]["id"]
+    old = enable_byok(app, org)
+    seed(app, org, conversations=1, messages=3, attachments=0)
+    api = Api(app.test_client(), make_token(app, org))
+    bad, donor = sorted(ids(app, Message, org))[:2]
+    with app.extensions["db_engine"].begin() as conn:
+        blob = conn.execute(select(Message.body_ct).where(Message.id == uuid.UUID(donor))).scalar()
+        conn.execute(update(Message).where(Message.id == uuid.UUID(bad)).values(body_ct=blob))
+    with app.app_context():
+        db = get_session()
+        run = service.start_rotation(
+            db, db.get(Organization, org), "cli", b64(old), b64(crypto.generate_key())
+        )
+        db.commit()
+        run_id = run.id
+    enqueue_ranges(app, run_id)
+    run_worker(app)
+    with app.app_context():
+        db = get_session()
+        run = db.get(RotationRun, run_id)
+        assert run.state == "completed" and service.failure_count(db, run) == 1
+    assert api.delete(f"/messages/{bad}").status_code == 204
+    with app.app_context():
+        db = get_session()
+        service.retry_failed(db, db.get(RotationRun, run_id), "cli")
+        db.commit()
+    enqueue_ranges(app, run_id)
+    run_worker(app)
+    with app.app_context():
+        db = get_session()
+        run = db.get(RotationRun, run_id)
+        assert run.state == "completed" and service.failure_count(db, run) == 0, run.error
+        old_row = db.scalar(select(OrgKey).where(OrgKey.key_id == crypto.key_id(old).hex()))
+        assert old_row.state == "retired"
+    assert bad not in ids(app, Message)
