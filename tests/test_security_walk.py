@@ -41,7 +41,7 @@ from tests.rotation_helpers import b64, enable_byok, seed
 PUBLIC = {"static", "auth.login", "auth.logout", "health.healthz", "api.openapi"}
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 # Areas whose pages and fragments show key state (or key events): never cached.
-NO_STORE_PREFIXES = ("/settings/compliance", "/rotations", "/settings/audit")
+NO_STORE_PREFIXES = ("/settings/compliance", "/rotations", "/settings/audit", "/api/v1")
 # Redis keys that requests may legitimately touch: rate-limit counters and RQ's own.
 VOLATILE_REDIS = ("LIMITS:", "rq:")
 # Samples for URL parameters that are not ids of stored objects.
