@@ -139,6 +139,8 @@ def test_polling_keeps_focus_and_typed_throttle_and_announces_only_state_changes
     expect(page.get_by_role("button", name="Cancel", exact=True)).to_have_count(0)
     expect(page.get_by_role("button", name="Pause")).to_have_count(0)
     expect(page.get_by_label("Max batches/s")).to_have_count(0)
+    # The service says this cancelled run can be resumed: the redrawn controls offer it.
+    expect(page.get_by_role("button", name="Resume")).to_be_visible()
     expect(page.locator("#run-notice")).to_contain_text("Cancelled.")
     context.close()
 

@@ -98,6 +98,19 @@ def test_cancel_is_confirmed_first_with_htmx_and_without_javascript(app, login_a
     assert done.status_code == 303 and _state(app) == "cancelled"
 
 
+def test_a_cancelled_run_offers_resume_while_the_service_says_it_can(app, login_as, orgs):
+    client, run_url = _running(app, login_as, orgs)
+    token = csrf_token(client, run_url)
+    client.post(f"{run_url}/cancel", data={"csrf_token": token, "confirmed": "yes"})
+    page = client.get(run_url).get_data(as_text=True)
+    assert ">Resume</button>" in page and ">Cancel</button>" not in page
+    resumed = client.post(f"{run_url}/resume", headers=_hx(client, run_url))
+    html = resumed.get_data(as_text=True)
+    assert resumed.status_code == 200 and _state(app) == "running"
+    assert 'hx-trigger="every 1s"' in html  # the page polls again
+    assert re.search(r'id="run-status"[^>]*hx-swap-oob="innerHTML">Run state: running<', html)
+
+
 def test_a_control_answer_redraws_controls_but_a_throttle_answer_leaves_them(app, login_as, orgs):
     client, run_url = _running(app, login_as, orgs)
     throttled = client.post(

@@ -99,8 +99,10 @@ def _progress_context(run: RotationRun) -> dict:
 
 
 def _resumable(run: RotationRun) -> bool:
-    """Whether Resume is offered for the run."""
-    return run.state in service.CONTROL_STATES["resume"][0]
+    """Whether Resume is offered: paused, failed, or cancelled while the service allows it."""
+    if run.state in service.CONTROL_STATES["resume"][0]:
+        return True
+    return run.state == "cancelled" and service.can_resume(get_session(), run)
 
 
 def _history_context(run: RotationRun) -> dict:
