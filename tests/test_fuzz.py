@@ -159,6 +159,10 @@ def test_wizard_endpoints_answer_any_key_text_without_5xx_or_echo(admin, path, f
         response = admin.post(path, data={field: text}, headers=headers)
         assert response.status_code in (200, 422), (text, response.status_code)
         page = response.get_data(as_text=True)
+        if not htmx and response.status_code == 200:
+            # Without JavaScript a key that passed the test stays in its own field, no-store.
+            assert response.headers["Cache-Control"] == "no-store"
+            page = re.sub(r"(<textarea[^>]*>)[^<]*(</textarea>)", r"\1\2", page)
         for fragment in fragments(text):
             for form in {fragment, html.escape(fragment), html.escape(fragment, quote=False)}:
                 assert form not in page or form in baseline, f"{form!r} echoed by {path}"
