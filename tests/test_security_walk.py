@@ -185,7 +185,9 @@ def send(
     if bearer:
         headers["Authorization"] = f"Bearer {bearer}"
     if target.method == "GET":
-        return client.get(target.url, headers=headers)
+        # buffered: read the whole body, so a streamed answer (failures.csv) runs and closes
+        # its context here rather than under the next request.
+        return client.get(target.url, headers=headers, buffered=True)
     if target.is_api:
         body = {"title": "walk", "body": "walk", "author": "walk", "metadata": {}}
         response = client.open(target.url, method=target.method, json=body, headers=headers)
