@@ -54,3 +54,13 @@ def test_no_session_token_or_cookie_reaches_redis_key_names(app, client, orgs):
     payload = max(cookie.split("."), key=len)
     for secret in (token, cookie, payload):
         assert not any(secret in n for n in names), (secret, names)
+
+
+def test_the_key_operation_allowance_is_shared_by_every_key_operation(app, client, orgs):
+    app.config["RATELIMIT_KEY_OPERATIONS"] = "2/minute"
+    assert login(client, orgs["users"]["admin_a"]).status_code == 302
+    assert [_test_key(client) for _ in range(2)] == [422, 422]
+    # Test Key used the allowance up: Restore (another key operation) is refused too.
+    headers = {"HX-Request": "true", "X-CSRFToken": csrf_token(client, "/settings/compliance")}
+    restore = client.post("/settings/compliance/byok/restore", data={"key": "x"}, headers=headers)
+    assert restore.status_code == 429

@@ -80,8 +80,9 @@ def _user_key() -> str:
     return f"key-ops:{current_user.id}"
 
 
-key_ops_limit = limiter.limit(
-    lambda: current_app.config["RATELIMIT_KEY_OPERATIONS"], key_func=_user_key
+# One allowance per admin across every key operation (a shared scope), not one per route.
+key_ops_limit = limiter.shared_limit(
+    lambda: current_app.config["RATELIMIT_KEY_OPERATIONS"], scope="key-ops", key_func=_user_key
 )
 
 
