@@ -37,8 +37,8 @@ RUN_CHANGED = "run-changed"
 FAILURES_CSV_PAGE = 1000
 # Asked before a cancel: by htmx's confirm dialog, or on a page of its own without JavaScript.
 CANCEL_QUESTION = (
-    "Cancel this run? Items already moved keep the new key, the rest keep the old one; "
-    "both keys stay available and every item stays readable."
+    "Cancel this run? Items already moved keep the new key, the rest keep the key they are "
+    "under; every key stays available, every item stays readable, and the run can be resumed."
 )
 
 
@@ -300,7 +300,7 @@ def control(run_id: uuid.UUID, action: str):
         "pause": "Paused. Workers stop after their current batch.",
         "resume": "Resumed.",
         "cancel": "Cancelled. Every item stays readable: items keep whichever key they "
-        "have, and both keys stay available.",
+        "have, every key stays available, and the run can be resumed.",
     }
     return _after_change(run, messages[action])
 
