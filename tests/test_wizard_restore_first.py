@@ -14,6 +14,7 @@ from tests.test_wizard import (
     add_org,
     admin,  # noqa: F401 - fixture
     app_config,  # noqa: F401 - fixture
+    by_testid,
     deployment,  # noqa: F401 - fixture
     new_key,
     parse_html,
@@ -58,3 +59,15 @@ def test_restore_is_above_rotate_while_an_older_key_is_lost(app, admin, orgs):  
     _, second, _ = new_key()
     admin.enable_ok(second)
     assert section_order(admin.page()) == ["restore-form", "rotate-form"]
+
+
+@pytest.mark.parametrize("tier", ["dedicated", "on_prem"])
+def test_an_isolated_tier_after_a_loss_says_restore_the_key(app, password_hash, tier):
+    org = add_org(app, password_hash, tier)
+    wizard = sign_in(app, org["admin"])
+    _, text, _ = new_key()
+    wizard.enable_ok(text)
+    assert wizard.confirm("lost", org["slug"]).status_code == 200
+    state = by_testid(wizard.page(), "byok-state")
+    assert "declared lost" in state and "Restore key" in state, state
+    assert "until a key is enabled" not in state, state
