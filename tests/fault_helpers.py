@@ -233,6 +233,14 @@ class PrivateRedis:
         """Every key the server holds now."""
         return redis.Redis.from_url(self.url, socket_timeout=2).keys("*")
 
+    def mark(self) -> None:
+        """Leave a key that only this server process holds (to prove a restart lost all)."""
+        redis.Redis.from_url(self.url, socket_timeout=2).set("fault-test:sentinel", "1")
+
+    def marked(self) -> bool:
+        """Tell whether the server still holds the key ``mark`` left."""
+        return bool(redis.Redis.from_url(self.url, socket_timeout=2).exists("fault-test:sentinel"))
+
 
 def bulk_seed(
     app: Flask,

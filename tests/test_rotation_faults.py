@@ -162,6 +162,7 @@ def _outage_across_a_slice_end(app, run_id, private_redis, worker, rng) -> None:
 
     wait_for("the run to be under way", only_messages_left, 25, on_timeout=worker.log)
     time.sleep(rng.uniform(0.0, 1.0))
+    private_redis.mark()
     private_redis.kill()
     wait_for(
         "the busy job to reach its slice end (and fail to queue the next slice)",
@@ -171,7 +172,9 @@ def _outage_across_a_slice_end(app, run_id, private_redis, worker, rng) -> None:
     )
     time.sleep(rng.uniform(0.2, 1.0))
     private_redis.start()
-    assert private_redis.keys() == [], "the new Redis must start empty"
+    # The live worker may register in the new server at once, so "empty" is checked by a key
+    # only the old server held.
+    assert not private_redis.marked(), "the new Redis must start empty"
 
 
 def _workers_ready(private_redis, queue: str, count: int) -> None:
