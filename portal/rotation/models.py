@@ -19,12 +19,13 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from portal.db import Base, UTCDateTime, new_id, utcnow
+from portal.rotation.states import ACTIVE_RUN_STATES as ACTIVE_RUN_STATES  # re-exported
+from portal.rotation.states import RangeState, RunState, sql_values
 
-RUN_STATES = ("queued", "running", "paused", "verifying", "completed", "failed", "cancelled")
-ACTIVE_RUN_STATES = ("queued", "running", "paused", "verifying")
+RUN_STATES = sql_values(RunState)
 RUN_KINDS = ("rotation", "encrypt_existing")
 DATA_KINDS = ("messages", "attachments", "metadata")
-RANGE_STATES = ("pending", "running", "done")
+RANGE_STATES = sql_values(RangeState)
 
 
 class RotationRun(Base):
@@ -45,7 +46,7 @@ class RotationRun(Base):
     # Hex key ids: the keys items are moved from (comma-separated) and the key they move to.
     old_key_ids: Mapped[str] = mapped_column(String(400))
     new_key_id: Mapped[str] = mapped_column(String(16))
-    state: Mapped[str] = mapped_column(String(20), default="queued")
+    state: Mapped[str] = mapped_column(String(20), default=RunState.QUEUED.value)
     # Planned item counts per kind; done/failed are summed from the ranges (cheap to read).
     messages_total: Mapped[int] = mapped_column(BigInteger, default=0)
     attachments_total: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -82,7 +83,7 @@ class RotationRange(Base):
     hi: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     # Checkpoint: the last id that was processed; work resumes after it.
     cursor: Mapped[uuid.UUID | None] = mapped_column(Uuid)
-    state: Mapped[str] = mapped_column(String(20), default="pending")
+    state: Mapped[str] = mapped_column(String(20), default=RangeState.PENDING.value)
     done: Mapped[int] = mapped_column(BigInteger, default=0)
     failed: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
