@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +14,8 @@ from portal.chat.models import Attachment, Conversation, Message
 from portal.events import emit
 from portal.keyformat import KeyFormatError, parse_key
 from portal.keys import policy
+from portal.keys.errors import KeyOperationError, audits_refusals
+from portal.keys.errors import audit_refusal as audit_refusal  # re-exported for callers
 from portal.keys.models import OrgKey
 from portal.keys.service import (
     forget_cached_keys,
@@ -28,65 +28,6 @@ from portal.keys.service import (
 from portal.models import Organization
 
 DATA_TABLES = (("messages", Message), ("attachments", Attachment), ("metadata", Conversation))
-
-
-class KeyOperationError(ValueError):
-    """A key operation was refused; ``field`` names the form field the message belongs to.
-
-    ``code`` is the reason recorded in the audit event, with ``details`` (non-secret values
-    such as a fingerprint or a key state, never key material).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        field: str | None = None,
-        code: str = "refused",
-        details: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message, self.field, self.code = message, field, code
-        self.details = details or {}
-        self.audited = False
-
-
-def audit_refusal(
-    session: Session,
-    org: Organization | None,
-    actor: Any,
-    action: str,
-    exc: KeyOperationError,
-    **extra: str,
-) -> None:
-    """Record a refused key operation once, as a failure of its action with the reason code."""
-    if exc.audited or org is None:
-        return
-    exc.audited = True
-    emit(
-        session,
-        action,
-        outcome="failure",
-        actor=actor,
-        company_id=org.id,
-        details={"reason": exc.code, **exc.details, **extra},
-    )
-
-
-def audits_refusals(action: str) -> Callable:
-    """Make every refusal of a key operation ``(session, org, actor, ...)`` an audit event."""
-
-    def decorate(operation: Callable) -> Callable:
-        @functools.wraps(operation)
-        def run(session: Session, org: Organization, actor: Any, *args: Any, **kwargs: Any):
-            try:
-                return operation(session, org, actor, *args, **kwargs)
-            except KeyOperationError as exc:
-                audit_refusal(session, org, actor, action, exc)
-                raise
-
-        return run
-
-    return decorate
 
 
 def actor_label(actor: Any) -> str:
