@@ -13,6 +13,7 @@ from flask import current_app, has_app_context, has_request_context, request
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from portal.audit.actions import Action
 from portal.audit.models import PLATFORM_CHAIN, AuditEvent, AuditHead
 from portal.db import utcnow
 
@@ -129,7 +130,7 @@ def _actor_fields(actor: Any) -> tuple[str, str | None, str, uuid.UUID | None]:
 
 def emit(
     session: Session,
-    action: str,
+    action: Action,
     *,
     outcome: str = "success",
     actor: Any = None,
@@ -137,6 +138,7 @@ def emit(
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Append one event to its organisation's chain in the caller's transaction."""
+    name = str(action)  # the plain name: a member stores and hashes exactly as its value
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {OUTCOMES}")
     actor_type, actor_id, actor_label, actor_company = _actor_fields(actor)
@@ -155,8 +157,8 @@ def emit(
         actor_type=actor_type,
         actor_id=actor_id,
         actor_label=actor_label[:320],
-        action=action,
-        category=action.split(".", 1)[0],
+        action=name,
+        category=name.split(".", 1)[0],
         outcome=outcome,
         source_ip=source_ip,
         user_agent=user_agent,

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from portal.audit import aggregate
+from portal.audit.actions import Action
 from portal.audit.models import AuditEvent
 from portal.chat.models import ApiToken
 from portal.chat.service import create_token
@@ -28,7 +29,9 @@ def _events(app, company_id) -> list[AuditEvent]:
         rows = list(
             db.scalars(
                 select(AuditEvent)
-                .where(AuditEvent.company_id == company_id, AuditEvent.action == aggregate.ACTION)
+                .where(
+                    AuditEvent.company_id == company_id, AuditEvent.action == Action.DECRYPT_FAILED
+                )
                 .order_by(AuditEvent.id)
             )
         )

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from portal.audit import aggregate
+from portal.audit.actions import Action
 from portal.audit.models import AuditEvent
 from portal.db import get_session
 
@@ -17,7 +18,7 @@ def _events(app, company_id) -> list[dict]:
     with app.app_context():
         rows = get_session().scalars(
             select(AuditEvent).where(
-                AuditEvent.company_id == company_id, AuditEvent.action == aggregate.ACTION
+                AuditEvent.company_id == company_id, AuditEvent.action == Action.DECRYPT_FAILED
             )
         )
         return [json.loads(e.details) for e in rows]

@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
+from portal.audit.actions import Action
 from portal.audit.models import AuditCheckpoint, AuditEvent, AuditHead
 from portal.events import GENESIS, chain_bytes, emit, iso_time, sign_head
 
@@ -218,7 +219,7 @@ def prune(session: Session, before: datetime, signing_key: bytes | None) -> dict
         company = None if chain_id.int == 0 else chain_id
         emit(
             session,
-            "audit.pruned",
+            Action.AUDIT_PRUNED,
             actor="system",
             company_id=company,
             details={"events": count, "before": before.isoformat()},

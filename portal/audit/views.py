@@ -12,6 +12,7 @@ from flask_login import current_user
 from sqlalchemy import select
 
 from portal.audit import export
+from portal.audit.actions import Action
 from portal.audit.filters import (
     ACTIONS,
     CATEGORIES,
@@ -123,7 +124,7 @@ def export_events(fmt: str) -> tuple[str, int] | Response:
     db = get_session()
     actor = current_user._get_current_object()
     marker = emit(
-        db, "audit.exported", actor=actor, details={"format": fmt, "filters": f.filter_args()}
+        db, Action.AUDIT_EXPORTED, actor=actor, details={"format": fmt, "filters": f.filter_args()}
     )
     db.commit()  # recorded before a single row leaves, even if the download is abandoned
     org = db.get(Organization, company_id)

@@ -8,6 +8,7 @@ from urllib.parse import unquote, urlsplit
 from flask import current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_user, logout_user
 
+from portal.audit.actions import Action
 from portal.auth import bp
 from portal.auth.forms import LoginForm, LogoutForm
 from portal.auth.services import authenticate
@@ -77,12 +78,12 @@ def login():
         db = get_session()
         user, account = authenticate(db, form.email.data or "", form.password.data or "")
         if user is None:
-            emit(db, "auth.login_failed", outcome="failure", details={"email": form.email.data})
+            emit(db, Action.LOGIN_FAILED, outcome="failure", details={"email": form.email.data})
             if account is not None and account.company_id is not None:
                 # The organisation sees attempts on its own accounts; the answer is the same.
                 emit(
                     db,
-                    "auth.login_failed",
+                    Action.LOGIN_FAILED,
                     outcome="failure",
                     company_id=account.company_id,
                     details={"email": account.email},
@@ -95,7 +96,7 @@ def login():
         login_user(user)
         session["reauth_at"] = None
         session["auth_at"] = session["seen_at"] = time.time()
-        emit(db, "auth.login", actor=user)
+        emit(db, Action.LOGIN, actor=user)
         db.commit()
         return redirect(_safe_next(request.args.get("next")))
     status = 422 if form.errors else 200
@@ -113,7 +114,7 @@ def logout():
             db = get_session()
             user = db.merge(current_user._get_current_object())
             user.rotate_session_token()
-            emit(db, "auth.logout", actor=user)
+            emit(db, Action.LOGOUT, actor=user)
             db.commit()
         logout_user()
         session.clear()
