@@ -57,6 +57,9 @@ class Config:
         self.BYOK_MASTER_KEY_FILE: str = env.get("BYOK_MASTER_KEY_FILE") or str(
             self.BYOK_HOME / "master.key"
         )
+        # The key custody backend that seals new keys (portal/keys/custody/); stored keys are
+        # unsealed by the backend each row names, whatever this says.
+        self.KEY_CUSTODY: str = env.get("KEY_CUSTODY") or "master-key"
         self.SALES_URL: str = env.get("SALES_URL", "mailto:sales@example.com")
         self.MAX_ATTACHMENT_BYTES: int = _int(env, "MAX_ATTACHMENT_BYTES", 25 * 1024 * 1024)
         # A conversation's title (characters) and metadata (bytes of compact UTF-8 JSON).

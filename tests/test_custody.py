@@ -1,4 +1,4 @@
-"""Sealing organisation keys under the master key, and loading that key (portal.custody)."""
+"""Sealing organisation keys under the master key, and loading that key (portal.keys.custody)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from portal import crypto
-from portal.custody import (
+from portal.keys.custody import CustodyError, KeyCustody
+from portal.keys.custody.master_key import (
     SEALED_BYTES,
-    CustodyError,
-    KeyCustody,
     MasterKeyCustody,
     derive_subkey,
     load_master_key,

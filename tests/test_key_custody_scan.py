@@ -30,7 +30,7 @@ from werkzeug.serving import make_server
 from portal import crypto
 from portal.chat.models import Message
 from portal.chat.service import create_token, hash_token
-from portal.custody import derive_subkey
+from portal.keys.custody.master_key import derive_subkey
 from portal.db import get_session
 from portal.keys.models import OrgKey
 from portal.keys.service import load_keys, mark_state, store_key, unseal

@@ -1348,7 +1348,7 @@ def test_restore_of_a_key_that_is_not_lost_is_refused(app, admin, orgs):
 def test_restore_of_an_unavailable_key_after_moving_to_another_installation(app, admin, orgs):
     """A sealed copy that this installation's master key cannot unwrap (a backup restored
     elsewhere) leaves the key 'unavailable' until the admin pastes it again."""
-    from portal.custody import MasterKeyCustody
+    from portal.keys.custody.master_key import MasterKeyCustody
     from portal.keys.service import seal_context
 
     api = Api(app, orgs["a"]["id"])

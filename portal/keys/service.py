@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from flask import Flask, current_app, g, has_app_context
+from flask import Flask, g, has_app_context
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal import crypto
-from portal.custody import CustodyError, KeyCustody, MasterKeyCustody, load_master_key
+from portal.config import ConfigError
 from portal.db import utcnow
+from portal.keys import custody as registry
+from portal.keys.custody import CustodyError, KeyCustody
+from portal.keys.custody.audit_key import MasterKeyAuditSource
+from portal.keys.custody.master_key import load_configured
 from portal.keys.models import OrgKey
 from portal.models import Organization
 
@@ -25,31 +29,26 @@ class KeyUnavailable(RuntimeError):
 
 
 def init_app(app: Flask, create_master_key: bool = False) -> None:
-    """Load the installation master key (if any) and set up custody and the audit key."""
-    from portal.custody import derive_subkey
-
-    try:
-        master = load_master_key(
-            app.config.get("BYOK_MASTER_KEY"),
-            app.config["BYOK_MASTER_KEY_FILE"],
-            create=create_master_key,
+    """Load the master key, start the custody backends, and set up the audit signing key."""
+    name = app.config.get("KEY_CUSTODY") or registry.DEFAULT
+    if name not in registry.names():
+        raise ConfigError(
+            f"KEY_CUSTODY must name a key custody backend ({', '.join(registry.names())}), "
+            f"not {name!r}"
         )
-    except CustodyError as exc:
-        log.error("master key not loaded: %s", exc)
-        master = None
-    app.extensions["custody"] = MasterKeyCustody(master) if master else None
-    app.extensions["audit_signing_key"] = derive_subkey(master, b"audit-chain") if master else None
-    source = (
-        "BYOK_MASTER_KEY"
-        if app.config.get("BYOK_MASTER_KEY")
-        else (app.config["BYOK_MASTER_KEY_FILE"])
-    )
-    app.extensions["master_key_source"] = source if master else "missing (keys are unavailable)"
+    master, source = load_configured(app.config, create=create_master_key)
+    backends = registry.start(registry.Startup(app.config, master))
+    app.extensions["custody_backends"] = backends
+    app.extensions["custody"] = backends.get(name)
+    audit_source = MasterKeyAuditSource(master)
+    app.extensions["audit_key_source"] = audit_source
+    app.extensions["audit_signing_key"] = audit_source.signing_key()
+    app.extensions["master_key_source"] = source
 
 
 def custody() -> KeyCustody | None:
-    """Return the current app's custody backend, or None when no master key is loaded."""
-    return current_app.extensions.get("custody")
+    """Return the backend that seals new keys (KEY_CUSTODY), or None when it is not running."""
+    return registry.configured()
 
 
 def seal_context(company_id: uuid.UUID, key_id_hex: str) -> bytes:
@@ -95,11 +94,12 @@ def create_platform_key(session: Session, org: Organization) -> OrgKey:
 
 @dataclass
 class LoadedKeys:
-    """An organisation's keyring plus what could not be unsealed."""
+    """An organisation's keyring plus what could not be unsealed, and why."""
 
     keyring: crypto.Keyring
     rows: list[OrgKey]
     unavailable: set[str]
+    reasons: dict[str, str] = field(default_factory=dict)
 
     def effective_state(self, row: OrgKey) -> str:
         """Return a key's state as it is now: 'unavailable' when it cannot be unsealed."""
@@ -107,17 +107,49 @@ class LoadedKeys:
             return "unavailable"
         return row.state
 
+    def reason(self, row: OrgKey) -> str | None:
+        """Say why a usable-looking key could not be unsealed (None when it was, or not tried)."""
+        return self.reasons.get(row.key_id)
+
 
 def unseal(row: OrgKey) -> bytes | None:
     """Unseal one key row, or return None when that is impossible (no/wrong master key)."""
-    backend = custody()
-    if backend is None or row.sealed is None:
-        return None
+    return unseal_or_reason(row)[0]
+
+
+def unseal_or_reason(row: OrgKey) -> tuple[bytes | None, str | None]:
+    """Unseal a key row with the backend it names; return (key, None) or (None, why not)."""
+    if row.sealed is None:
+        return None, "no sealed copy is stored"
+    backend = registry.backend_for(row)
+    if backend is None:
+        return None, _missing_backend(row.custody)
     try:
         key = backend.unseal(row.sealed, seal_context(row.company_id, row.key_id))
-    except CustodyError:
-        return None
-    return key if crypto.key_id(key).hex() == row.key_id else None
+    except CustodyError as exc:
+        return None, str(exc)
+    if crypto.key_id(key).hex() != row.key_id:
+        return None, "the unsealed key does not match its key id"
+    return key, None
+
+
+_warned_backends: set[str | None] = set()
+
+
+def _missing_backend(name: str | None) -> str:
+    """Explain a key whose custody backend is not running, logging unknown names once."""
+    if name == registry.DEFAULT:
+        return "no master key is loaded"
+    if name in registry.names():
+        return f"its key custody backend {name!r} did not start"
+    reason = (
+        f"it was sealed by key custody backend {name!r}, which this installation does not have "
+        f"(known: {', '.join(registry.names())})"
+    )
+    if name not in _warned_backends:
+        _warned_backends.add(name)
+        log.warning("keys are unavailable: %s", reason)
+    return reason
 
 
 def load_keys(session: Session, company_id: uuid.UUID) -> LoadedKeys:
@@ -133,12 +165,15 @@ def load_keys(session: Session, company_id: uuid.UUID) -> LoadedKeys:
     encrypting: bytes | None = None
     decrypt_only: list[bytes] = []
     missing: set[str] = set()
+    reasons: dict[str, str] = {}
     for row in rows:
         if row.state not in USABLE_STATES and row.state != "unavailable":
             continue
-        key = unseal(row) if row.state != "unavailable" else None
+        key, why = unseal_or_reason(row) if row.state != "unavailable" else (None, None)
         if key is None:
             missing.add(row.key_id)
+            if why:
+                reasons[row.key_id] = why
         elif row.state == "active":
             encrypting = key
         else:
@@ -150,7 +185,7 @@ def load_keys(session: Session, company_id: uuid.UUID) -> LoadedKeys:
         decrypt_only=decrypt_only,
         unavailable=[bytes.fromhex(k) for k in missing],
     )
-    loaded = LoadedKeys(ring, rows, missing)
+    loaded = LoadedKeys(ring, rows, missing, reasons)
     cache[company_id] = loaded
     return loaded
 

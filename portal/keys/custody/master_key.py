@@ -1,4 +1,7 @@
-"""Sealed custody of organisation keys under the installation master key (see docs/format.md)."""
+"""The master-key backend: organisation keys sealed under the installation master key.
+
+See docs/format.md for the sealed-key format and the master key file.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,9 @@ import logging
 import os
 import secrets
 import stat
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -17,31 +21,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from portal.crypto import KEY_BYTES, NONCE_BYTES, TAG_BYTES, key_id
+from portal.keys.custody.base import CustodyError, Startup
 
+NAME = "master-key"
 SEALED_HEADER = b"SK\x01"
 SEALED_BYTES = len(SEALED_HEADER) + NONCE_BYTES + KEY_BYTES + TAG_BYTES
 SUBKEY_INFO_PREFIX = b"byok-portal "
 SEALING_PURPOSE = b"key custody"
 
 log = logging.getLogger(__name__)
-
-
-class CustodyError(Exception):
-    """A sealed key or the master key could not be used; the message never holds key material."""
-
-
-class KeyCustody(Protocol):
-    """Something that seals organisation keys so that the database alone cannot unseal them."""
-
-    name: str
-
-    def seal(self, key: bytes, context: bytes) -> bytes:
-        """Return a sealed copy of key, bound to context (organisation and key id)."""
-        ...
-
-    def unseal(self, sealed: bytes, context: bytes) -> bytes:
-        """Return the key sealed with this context, or raise CustodyError."""
-        ...
 
 
 def derive_subkey(master_key: bytes, purpose: bytes) -> bytes:
@@ -60,7 +48,7 @@ def derive_subkey(master_key: bytes, purpose: bytes) -> bytes:
 class MasterKeyCustody:
     """Seals keys with AES-256-GCM under a key derived from the installation master key."""
 
-    name = "master-key"
+    name = NAME
 
     def __init__(self, master_key: bytes) -> None:
         """Prepare sealing under master_key, which must be 32 bytes."""
@@ -101,6 +89,26 @@ class MasterKeyCustody:
                 "the sealed key cannot be unsealed: it was sealed under another master key "
                 "or for another organisation or key, or it was altered"
             ) from None
+
+
+def start(startup: Startup) -> MasterKeyCustody | None:
+    """Start the master-key backend, or return None when no master key is loaded."""
+    return MasterKeyCustody(startup.master_key) if startup.master_key else None
+
+
+def load_configured(config: Mapping[str, Any], create: bool = False) -> tuple[bytes | None, str]:
+    """Load the master key the settings point at; return it (or None) and where it came from."""
+    try:
+        master = load_master_key(
+            config.get("BYOK_MASTER_KEY"), config["BYOK_MASTER_KEY_FILE"], create=create
+        )
+    except CustodyError as exc:
+        log.error("master key not loaded: %s", exc)
+        master = None
+    if master is None:
+        return None, "missing (keys are unavailable)"
+    from_env = bool(config.get("BYOK_MASTER_KEY"))
+    return master, "BYOK_MASTER_KEY" if from_env else str(config["BYOK_MASTER_KEY_FILE"])
 
 
 def load_master_key(

@@ -1,0 +1,108 @@
+"""Key custody: the registry of backends that seal organisation keys.
+
+A backend is registered once under its name. New keys are sealed by the backend named in the
+KEY_CUSTODY setting; every stored key row names the backend that sealed it (its ``custody``
+column) and is unsealed by that one, so backends can change without re-sealing old keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+from flask import current_app
+
+from portal.keys.custody import master_key
+from portal.keys.custody.base import CustodyError, Factory, KeyCustody, Startup
+
+__all__ = [
+    "DEFAULT",
+    "CustodyError",
+    "Factory",
+    "KeyCustody",
+    "Startup",
+    "backend_for",
+    "configured",
+    "get",
+    "names",
+    "register",
+    "registered",
+    "start",
+]
+
+DEFAULT = master_key.NAME
+_FACTORIES: dict[str, Factory] = {}
+
+log = logging.getLogger(__name__)
+
+
+class SealedRow(Protocol):
+    """A stored key row as far as custody cares: which backend sealed it."""
+
+    custody: str | None
+
+
+def register(name: str, factory: Factory) -> None:
+    """Make a backend known under name (a second, different factory for a name is refused)."""
+    if _FACTORIES.get(name, factory) is not factory:
+        raise ValueError(f"a key custody backend named {name!r} is already registered")
+    _FACTORIES[name] = factory
+
+
+@contextmanager
+def registered(name: str, factory: Factory) -> Iterator[None]:
+    """Register a backend for the duration of a block (for tests)."""
+    register(name, factory)
+    try:
+        yield
+    finally:
+        _FACTORIES.pop(name, None)
+
+
+def names() -> list[str]:
+    """Return the names of every registered backend, sorted."""
+    return sorted(_FACTORIES)
+
+
+def get(name: str) -> Factory:
+    """Return the factory registered under name, or raise CustodyError naming the known ones."""
+    try:
+        return _FACTORIES[name]
+    except KeyError:
+        raise CustodyError(
+            f"unknown key custody backend {name!r}; known backends: {', '.join(names())}"
+        ) from None
+
+
+def start(startup: Startup) -> dict[str, KeyCustody]:
+    """Start every registered backend that can run here; the others are left out."""
+    backends: dict[str, KeyCustody] = {}
+    for name, factory in sorted(_FACTORIES.items()):
+        try:
+            backend = factory(startup)
+        except CustodyError as exc:
+            log.error("key custody backend %s not started: %s", name, exc)
+            continue
+        if backend is None:
+            continue
+        if backend.name != name:
+            # Rows store backend.name; a mismatch would make every key it seals unreadable.
+            raise ValueError(f"backend registered as {name!r} calls itself {backend.name!r}")
+        backends[name] = backend
+    return backends
+
+
+def configured() -> KeyCustody | None:
+    """Return the backend that seals new keys in the current app, or None if it is not running."""
+    return current_app.extensions.get("custody")
+
+
+def backend_for(row: SealedRow) -> KeyCustody | None:
+    """Return the running backend that sealed row, or None when this installation lacks it."""
+    backends = current_app.extensions.get("custody_backends", {})
+    return backends.get(row.custody) if row.custody is not None else None
+
+
+register(master_key.NAME, master_key.start)

@@ -1,0 +1,37 @@
+"""What every custody backend provides: seals that the database alone cannot open."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class CustodyError(Exception):
+    """A sealed key or the master key could not be used; the message never holds key material."""
+
+
+class KeyCustody(Protocol):
+    """Something that seals organisation keys so that the database alone cannot unseal them."""
+
+    name: str
+
+    def seal(self, key: bytes, context: bytes) -> bytes:
+        """Return a sealed copy of key, bound to context (organisation and key id)."""
+        ...
+
+    def unseal(self, sealed: bytes, context: bytes) -> bytes:
+        """Return the key sealed with this context, or raise CustodyError."""
+        ...
+
+
+@dataclass(frozen=True)
+class Startup:
+    """What a backend may start from: the app's settings and the master key, if one is loaded."""
+
+    config: Mapping[str, Any]
+    master_key: bytes | None = field(default=None, repr=False)
+
+
+# Returns None when the backend cannot run here (e.g. no master key): its keys are unavailable.
+Factory = Callable[[Startup], KeyCustody | None]
