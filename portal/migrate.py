@@ -8,7 +8,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from portal import resource_dir
+from portal.paths import resource_dir
 
 
 def alembic_config(url: str) -> AlembicConfig:
