@@ -41,6 +41,7 @@ class OrgKey(Base):
     origin: Mapped[str] = mapped_column(String(20))
     # Sealed under the custody backend; NULL once retired or revoked.
     sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The registered name of the backend that sealed it (portal/keys/custody/), which unseals it.
     custody: Mapped[str | None] = mapped_column(String(100))
     created_by: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

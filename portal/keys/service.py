@@ -31,11 +31,10 @@ class KeyUnavailable(RuntimeError):
 def init_app(app: Flask, create_master_key: bool = False) -> None:
     """Load the master key, start the custody backends, and set up the audit signing key."""
     name = app.config.get("KEY_CUSTODY") or registry.DEFAULT
-    if name not in registry.names():
-        raise ConfigError(
-            f"KEY_CUSTODY must name a key custody backend ({', '.join(registry.names())}), "
-            f"not {name!r}"
-        )
+    try:
+        registry.get(name)
+    except CustodyError as exc:
+        raise ConfigError(f"KEY_CUSTODY: {exc}") from None
     master, source = load_configured(app.config, create=create_master_key)
     backends = registry.start(registry.Startup(app.config, master))
     app.extensions["custody_backends"] = backends
