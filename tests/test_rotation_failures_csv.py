@@ -19,18 +19,20 @@ from urllib.parse import urlencode
 
 from flask import Flask
 from sqlalchemy import select
+from tests.support.nginx import start_process, stop_process, wait_until
+from tests.support.rotation import b64, enable_byok, run_worker, seed
 
-from jobs.rotation import enqueue_ranges
 from portal import crypto
 from portal.chat.models import Message
 from portal.db import get_session
 from portal.models import Organization, User
-from portal.rotation import service
-from portal.rotation import views as rotation_views
+from portal.rotation.controls import failure_count
 from portal.rotation.models import RotationRun
-from tests.conftest import PASSWORD, free_port
-from tests.nginx_helpers import start_process, stop_process, wait_until
-from tests.rotation_helpers import b64, enable_byok, run_worker, seed
+from portal.rotation.queue import enqueue_ranges
+from portal.rotation.start import start_rotation
+from portal.rotation.views import failures as failures_view
+from tests.support.processes import free_port
+from tests.support.web import PASSWORD
 
 DAMAGED = 130  # more than the 100 the run page lists
 HEADER = ["kind", "item_id", "reason", "at"]
@@ -44,7 +46,7 @@ def _run_with_failures(app: Flask, org_id: uuid.UUID) -> tuple[uuid.UUID, set[st
         db = get_session()
         org = db.get(Organization, org_id)
         admin = db.scalar(select(User).where(User.company_id == org_id, User.role == "admin"))
-        run = service.start_rotation(db, org, admin, b64(old), b64(crypto.generate_key()))
+        run = start_rotation(db, org, admin, b64(old), b64(crypto.generate_key()))
         db.commit()
         run_id = run.id
         damaged: set[str] = set()
@@ -61,9 +63,7 @@ def _run_with_failures(app: Flask, org_id: uuid.UUID) -> tuple[uuid.UUID, set[st
     with app.app_context():
         state = get_session().get(RotationRun, run_id).state
         assert state == "completed", state
-        assert service.failure_count(get_session(), get_session().get(RotationRun, run_id)) == (
-            DAMAGED
-        )
+        assert failure_count(get_session(), get_session().get(RotationRun, run_id)) == DAMAGED
     return run_id, damaged
 
 
@@ -80,7 +80,7 @@ def _assert_lists_every_failure(body: str, damaged: set[str]) -> None:
 
 def test_failures_csv_lists_every_failed_item_through_the_app(app, login_as, orgs, monkeypatch):
     run_id, damaged = _run_with_failures(app, orgs["a"]["id"])
-    monkeypatch.setattr(rotation_views, "FAILURES_CSV_PAGE", 50)  # three pages of rows
+    monkeypatch.setattr(failures_view, "FAILURES_CSV_PAGE", 50)  # three pages of rows
     client = login_as("admin_a")
     response = client.get(f"/rotations/{run_id}/failures.csv")
     assert response.status_code == 200

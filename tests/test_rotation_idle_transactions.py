@@ -12,20 +12,10 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from jobs.rotation import enqueue_ranges
 from portal import crypto
-from tests.fault_helpers import (
-    bulk_seed,
-    diagnose,
-    done_items,
-    private_queue,
-    process_env,
-    set_throttle,
-    start_run,
-    wait_for,
-    worker_groups,
-)
-from tests.rotation_helpers import enable_byok
+from portal.rotation.queue import enqueue_ranges
+from tests.support.faults import bulk_seed, diagnose, done_items, private_queue, process_env, set_throttle, start_run, wait_for, worker_groups
+from tests.support.rotation import enable_byok
 
 APP_NAME = "byok-idle-tx-worker"
 # A batch's own work between its read and its write (200 small messages) takes milliseconds;

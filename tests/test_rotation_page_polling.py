@@ -10,11 +10,11 @@ import re
 from portal import crypto
 from portal.db import get_session
 from portal.models import User
-from portal.rotation import service
+from portal.rotation import controls
 from portal.rotation.models import RotationRun
-from tests.conftest import csrf_token
-from tests.rotation_helpers import enable_byok, seed
-from tests.test_rotation_web import _hx, _start_via_wizard
+from tests.support.web import csrf_token
+from tests.support.rotation import enable_byok, seed
+from tests.support.rotation import hx_headers as _hx, start_via_wizard as _start_via_wizard
 
 
 def _running(app, login_as, orgs):
@@ -62,7 +62,7 @@ def test_a_poll_redraws_controls_and_status_only_when_the_state_changed(app, log
         db = get_session()
         run = db.query(RotationRun).one()
         admin = db.query(User).filter_by(email=orgs["users"]["admin_a"]).one()
-        service.control(db, run, "pause", admin)  # e.g. from another admin's page
+        controls.control(db, run, "pause", admin)  # e.g. from another admin's page
         db.commit()
     polled = client.get(f"{run_url}/progress?known_state=running", headers={"HX-Request": "true"})
     html = polled.get_data(as_text=True)

@@ -14,12 +14,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from jobs.rotation import enqueue_ranges
 from portal import crypto
 from portal.chat.models import Attachment, Conversation, Message
 from portal.rotation.models import RotationRun
-from tests.fault_helpers import bulk_seed, run_row, start_run
-from tests.rotation_helpers import enable_byok, run_worker
+from portal.rotation.queue import enqueue_ranges
+from tests.support.faults import bulk_seed, run_row, start_run
+from tests.support.rotation import enable_byok, run_worker
 
 ROTATED_TABLES = ("messages", "attachments", "conversations")
 

@@ -14,22 +14,10 @@ import time
 
 import pytest
 
-from jobs.rotation import enqueue_ranges
 from portal import crypto
-from tests.fault_helpers import (
-    assert_rotated_intact,
-    bulk_seed,
-    diagnose,
-    private_queue,
-    process_env,
-    ranges,
-    set_throttle,
-    start_run,
-    wait_for,
-    wait_for_end,
-    worker_groups,
-)
-from tests.rotation_helpers import enable_byok, plaintext_digest
+from portal.rotation.queue import enqueue_ranges
+from tests.support.faults import assert_rotated_intact, bulk_seed, diagnose, private_queue, process_env, ranges, set_throttle, start_run, wait_for, wait_for_end, worker_groups
+from tests.support.rotation import enable_byok, plaintext_digest
 
 TAKEOVER_SECONDS = 5.0
 PRODUCTION_TIMINGS = {

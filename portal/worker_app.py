@@ -30,3 +30,10 @@ def fresh_engine(app: Flask) -> None:
     if app.extensions.get("db_engine_pid") != os.getpid():
         app.extensions["db_engine"].dispose(close=False)
         app.extensions["db_engine_pid"] = os.getpid()
+
+
+def job_app() -> Flask:
+    """The process's app, with connections of this process only: what a job starts with."""
+    app = get_app()
+    fresh_engine(app)
+    return app
