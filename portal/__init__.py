@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
-PACKAGE = Path(__file__).resolve().parent
-ROOT = PACKAGE.parent
-
-
-def resource_dir(name: str) -> Path:
-    """A top-level folder of the checkout, or its copy inside the package once installed."""
-    installed = PACKAGE / name
-    return installed if installed.is_dir() else ROOT / name
+# Modules below the web layer import portal.paths, never this package: create_app reaches every
+# area, so importing it would tie them to all of them (docs/architecture.md).
+from portal.paths import resource_dir
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -22,6 +16,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from portal import db, redis_conn, web
     from portal.config import Config
     from portal.keys import service as keys
+    from portal.keys.keyrings import KEYRINGS
+    from portal.rotation.active import active_run
 
     app = Flask(
         __name__,
@@ -33,6 +29,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     redis_conn.init_app(app)
     keys.init_app(app)
+    # Seams that keep the layers one-way: chat asks keys for keyrings, keys asks rotation for runs.
+    app.extensions["keyrings"] = KEYRINGS
+    app.extensions["active_run"] = active_run
     web.init_app(app)
     web.register_areas(app)
     return app

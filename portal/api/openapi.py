@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from portal.api.openapi_schemas import ID, UNREADABLE, schemas
 from portal.chat.service import MAX_NESTING
 
-ID = {"type": "string", "format": "uuid"}
 DEFAULT_LIMITS = {"MAX_TITLE_CHARS": 1000, "MAX_METADATA_BYTES": 64 * 1024}
 
 
@@ -55,19 +55,6 @@ LIMIT = {
     "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
 }
 AFTER = {"name": "after", "in": "query", "required": False, "schema": ID}
-UNREADABLE = {
-    "type": "object",
-    "required": ["status", "reason"],
-    "properties": {
-        "status": {"const": "unreadable"},
-        "reason": {
-            "enum": ["malformed", "unknown_key", "key_unavailable", "integrity", "too_deep"],
-            "description": "too_deep: metadata stored before writes were bounded nests deeper "
-            f"than {MAX_NESTING} levels",
-        },
-    },
-}
-TEXT_OR_UNREADABLE = {"oneOf": [{"type": "string"}, {"$ref": "#/components/schemas/Unreadable"}]}
 
 
 def openapi_document(
@@ -101,159 +88,8 @@ def openapi_document(
         "servers": [{"url": server}],
         "security": [{"bearer": []}],
         "paths": {
-            "/conversations": {
-                "post": {
-                    "summary": "Create a conversation",
-                    "operationId": "createConversation",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": "#/components/schemas/NewConversation"}
-                            }
-                        },
-                    },
-                    "responses": {"201": _created("created"), **COMMON, **json_body},
-                },
-                "get": {
-                    "summary": "List conversations, oldest first",
-                    "operationId": "listConversations",
-                    "parameters": [LIMIT, AFTER],
-                    "responses": {
-                        "200": {
-                            "description": "a page of conversations",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/ConversationPage"}
-                                }
-                            },
-                        },
-                        "400": _error("bad limit or cursor"),
-                        **COMMON,
-                    },
-                },
-            },
-            "/conversations/{conv_id}": {
-                "get": {
-                    "summary": "A conversation with a page of messages and its attachments",
-                    "operationId": "getConversation",
-                    "parameters": [PATH_ID, LIMIT, AFTER],
-                    "responses": {
-                        "200": {
-                            "description": "the conversation",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/Conversation"}
-                                }
-                            },
-                        },
-                        "400": _error("bad limit or cursor"),
-                        **COMMON,
-                    },
-                },
-                "delete": _delete(
-                    "Delete the conversation with its messages and attachments",
-                    "deleteConversation",
-                    "conv_id",
-                ),
-            },
-            "/conversations/{conv_id}/messages": {
-                "post": {
-                    "summary": "Add a message",
-                    "operationId": "addMessage",
-                    "parameters": [PATH_ID],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": "#/components/schemas/NewMessage"}
-                            }
-                        },
-                    },
-                    "responses": {"201": _created("created"), **COMMON, **json_body},
-                }
-            },
-            "/conversations/{conv_id}/attachments": {
-                "post": {
-                    "summary": "Attach a file",
-                    "operationId": "addAttachment",
-                    "parameters": [PATH_ID],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["file"],
-                                    "properties": {"file": {"type": "string", "format": "binary"}},
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "201": _created("stored", {"size": {"type": "integer"}}),
-                        "413": _error("larger than MAX_ATTACHMENT_BYTES"),
-                        **COMMON,
-                        **multipart_body,
-                    },
-                }
-            },
-            "/messages/{msg_id}": {
-                "patch": {
-                    "summary": "Edit a message's body",
-                    "operationId": "editMessage",
-                    "parameters": [
-                        {"name": "msg_id", "in": "path", "required": True, "schema": ID}
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["body"],
-                                    "properties": {"body": {"type": "string", "minLength": 1}},
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": _created("edited"),
-                        **COMMON,
-                        **json_body,
-                    },
-                },
-                "delete": _delete(
-                    "Delete the message",
-                    "deleteMessage",
-                    "msg_id",
-                ),
-            },
-            "/attachments/{att_id}": {
-                "get": {
-                    "summary": "An attachment's bytes",
-                    "operationId": "getAttachment",
-                    "parameters": [
-                        {"name": "att_id", "in": "path", "required": True, "schema": ID}
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "the file, with its content type",
-                            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
-                        },
-                        "409": {
-                            "description": "the attachment cannot be decrypted",
-                            "content": {"application/json": {"schema": UNREADABLE}},
-                        },
-                        **COMMON,
-                    },
-                },
-                "delete": _delete(
-                    "Delete the attachment",
-                    "deleteAttachment",
-                    "att_id",
-                ),
-            },
+            **_conversation_paths(json_body),
+            **_item_paths(json_body, multipart_body),
             "/openapi.json": {
                 "get": {
                     "summary": "This document",
@@ -270,97 +106,165 @@ def openapi_document(
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": _schemas(limits),
+            "schemas": schemas(limits),
         },
     }
 
 
-def _schemas(limits: dict[str, int]) -> dict[str, Any]:
-    """Request and response bodies."""
-    summary_props = {
-        "id": ID,
-        "created_at": {"type": "string", "format": "date-time"},
-        "title": {"type": "string"},
-        "metadata": {"type": "object"},
-        "status": {"const": "unreadable"},
-        "reason": {"type": "string"},
-    }
+def _conversation_paths(json_body: dict[str, Any]) -> dict[str, Any]:
+    """The paths of conversations and their messages."""
     return {
-        "Error": {
-            "type": "object",
-            "required": ["error", "message"],
-            "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
-        },
-        "Unreadable": UNREADABLE,
-        "NewConversation": {
-            "type": "object",
-            "required": ["title"],
-            "properties": {
-                "title": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": limits["MAX_TITLE_CHARS"],
-                },
-                "metadata": {
-                    "type": "object",
-                    "description": f"at most {limits['MAX_METADATA_BYTES']} bytes as compact "
-                    f"UTF-8 JSON, nesting at most {MAX_NESTING} levels ({{}} is one level)",
-                },
-            },
-        },
-        "NewMessage": {
-            "type": "object",
-            "required": ["body", "author"],
-            "properties": {
-                "body": {"type": "string", "minLength": 1},
-                "author": {"type": "string", "minLength": 1, "maxLength": 200},
-            },
-        },
-        "ConversationSummary": {"type": "object", "required": ["id"], "properties": summary_props},
-        "ConversationPage": {
-            "type": "object",
-            "required": ["conversations", "next_after"],
-            "properties": {
-                "conversations": {
-                    "type": "array",
-                    "items": {"$ref": "#/components/schemas/ConversationSummary"},
-                },
-                "next_after": {"type": ["string", "null"]},
-            },
-        },
-        "Conversation": {
-            "type": "object",
-            "required": ["id", "messages", "attachments", "next_after"],
-            "properties": {
-                **summary_props,
-                "messages": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["id", "author", "body", "created_at"],
-                        "properties": {
-                            "id": ID,
-                            "author": {"type": "string"},
-                            "created_at": {"type": "string", "format": "date-time"},
-                            "body": TEXT_OR_UNREADABLE,
-                        },
+        "/conversations": {
+            "post": {
+                "summary": "Create a conversation",
+                "operationId": "createConversation",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/NewConversation"}
+                        }
                     },
                 },
-                "attachments": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["id", "filename", "content_type", "size"],
-                        "properties": {
-                            "id": ID,
-                            "filename": TEXT_OR_UNREADABLE,
-                            "content_type": {"type": "string"},
-                            "size": {"type": "integer"},
-                            "created_at": {"type": "string", "format": "date-time"},
+                "responses": {"201": _created("created"), **COMMON, **json_body},
+            },
+            "get": {
+                "summary": "List conversations, oldest first",
+                "operationId": "listConversations",
+                "parameters": [LIMIT, AFTER],
+                "responses": {
+                    "200": {
+                        "description": "a page of conversations",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ConversationPage"}
+                            }
                         },
                     },
+                    "400": _error("bad limit or cursor"),
+                    **COMMON,
                 },
-                "next_after": {"type": ["string", "null"]},
             },
+        },
+        "/conversations/{conv_id}": {
+            "get": {
+                "summary": "A conversation with a page of messages and its attachments",
+                "operationId": "getConversation",
+                "parameters": [PATH_ID, LIMIT, AFTER],
+                "responses": {
+                    "200": {
+                        "description": "the conversation",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/Conversation"}
+                            }
+                        },
+                    },
+                    "400": _error("bad limit or cursor"),
+                    **COMMON,
+                },
+            },
+            "delete": _delete(
+                "Delete the conversation with its messages and attachments",
+                "deleteConversation",
+                "conv_id",
+            ),
+        },
+        "/conversations/{conv_id}/messages": {
+            "post": {
+                "summary": "Add a message",
+                "operationId": "addMessage",
+                "parameters": [PATH_ID],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/NewMessage"}}
+                    },
+                },
+                "responses": {"201": _created("created"), **COMMON, **json_body},
+            }
+        },
+    }
+
+
+def _item_paths(json_body: dict[str, Any], multipart_body: dict[str, Any]) -> dict[str, Any]:
+    """The paths of attachments and of single messages."""
+    return {
+        "/conversations/{conv_id}/attachments": {
+            "post": {
+                "summary": "Attach a file",
+                "operationId": "addAttachment",
+                "parameters": [PATH_ID],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["file"],
+                                "properties": {"file": {"type": "string", "format": "binary"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": _created("stored", {"size": {"type": "integer"}}),
+                    "413": _error("larger than MAX_ATTACHMENT_BYTES"),
+                    **COMMON,
+                    **multipart_body,
+                },
+            }
+        },
+        "/messages/{msg_id}": {
+            "patch": {
+                "summary": "Edit a message's body",
+                "operationId": "editMessage",
+                "parameters": [{"name": "msg_id", "in": "path", "required": True, "schema": ID}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["body"],
+                                "properties": {"body": {"type": "string", "minLength": 1}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _created("edited"),
+                    **COMMON,
+                    **json_body,
+                },
+            },
+            "delete": _delete(
+                "Delete the message",
+                "deleteMessage",
+                "msg_id",
+            ),
+        },
+        "/attachments/{att_id}": {
+            "get": {
+                "summary": "An attachment's bytes",
+                "operationId": "getAttachment",
+                "parameters": [{"name": "att_id", "in": "path", "required": True, "schema": ID}],
+                "responses": {
+                    "200": {
+                        "description": "the file, with its content type",
+                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "409": {
+                        "description": "the attachment cannot be decrypted",
+                        "content": {"application/json": {"schema": UNREADABLE}},
+                    },
+                    **COMMON,
+                },
+            },
+            "delete": _delete(
+                "Delete the attachment",
+                "deleteAttachment",
+                "att_id",
+            ),
         },
     }

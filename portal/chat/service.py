@@ -14,10 +14,9 @@ from sqlalchemy import delete, select, tuple_
 from sqlalchemy.orm import Session
 
 from portal import crypto
+from portal.chat import kinds
+from portal.chat.keyrings import keyring_source
 from portal.chat.models import ApiToken, Attachment, Conversation, Message
-from portal.keys.policy import check_can_store
-from portal.keys.service import encrypting_keyring, load_keys
-from portal.models import Organization
 
 TOKEN_PREFIX = "byok_"  # noqa: S105 - a public prefix, not a secret
 # How deep a metadata document may nest ({} is one level): far below what the JSON encoder
@@ -54,28 +53,18 @@ def decode_metadata(data: bytes) -> dict[str, Any] | None:
     return None if nests_deeper(value, MAX_NESTING) else value
 
 
-def ad(company_id: uuid.UUID, table: str, column: str, row_id: uuid.UUID) -> bytes:
-    """Associated data binding a value to its organisation, table, column and row."""
-    return crypto.associated_data(str(company_id), table, column, str(row_id))
-
-
-def _seal_value(ring: crypto.Keyring, company_id, table, column, row_id, data: bytes) -> bytes:
-    """Encrypt one column value in place (bound to its row)."""
-    return bytes(ring.encrypt(data, ad(company_id, table, column, row_id)))
+# Associated data binding a value to its organisation, table, column and row.
+ad = kinds.associated_data
 
 
 def _writable_keyring(session: Session, company_id: uuid.UUID) -> crypto.Keyring:
     """Return the keyring new data is encrypted with, after checking the data may be stored.
 
-    Raises ByokRequired where the deployment or tier requires the organisation's own key and
-    none is enabled yet, and KeyUnavailable when the encrypting key cannot be unsealed.
+    The app's keyring source raises ByokRequired where the deployment or tier requires the
+    organisation's own key and none is enabled yet, and KeyUnavailable when the encrypting
+    key cannot be unsealed.
     """
-    org = session.get(Organization, company_id)
-    if org is None:
-        raise LookupError(f"no organisation with id {company_id}")
-    # Checked here rather than in the API so that every writer (API, demo, imports) obeys it.
-    check_can_store(session, org)
-    return encrypting_keyring(session, company_id)
+    return keyring_source().writable(session, company_id)
 
 
 def create_conversation(
@@ -83,15 +72,9 @@ def create_conversation(
 ) -> Conversation:
     """Store a new conversation with its title and metadata encrypted."""
     ring = _writable_keyring(session, company_id)
-    row_id = uuid.uuid4()
-    meta = encode_metadata(metadata)
-    conv = Conversation(
-        id=row_id,
-        company_id=company_id,
-        key_id=ring.encrypting_key_id.hex(),
-        title_ct=_seal_value(ring, company_id, "conversations", "title", row_id, title.encode()),
-        metadata_ct=_seal_value(ring, company_id, "conversations", "metadata", row_id, meta),
-    )
+    conv = Conversation(id=uuid.uuid4(), company_id=company_id)
+    kinds.encrypt_column(ring, conv, "title", title.encode())
+    kinds.encrypt_column(ring, conv, "metadata", encode_metadata(metadata))
     session.add(conv)
     session.flush()
     return conv
@@ -100,15 +83,10 @@ def create_conversation(
 def add_message(session: Session, conv: Conversation, author: str, body: str) -> Message:
     """Store a message of a conversation with its body encrypted."""
     ring = _writable_keyring(session, conv.company_id)
-    row_id = uuid.uuid4()
     msg = Message(
-        id=row_id,
-        company_id=conv.company_id,
-        conversation_id=conv.id,
-        key_id=ring.encrypting_key_id.hex(),
-        author=author,
-        body_ct=_seal_value(ring, conv.company_id, "messages", "body", row_id, body.encode()),
+        id=uuid.uuid4(), company_id=conv.company_id, conversation_id=conv.id, author=author
     )
+    kinds.encrypt_column(ring, msg, "body", body.encode())
     session.add(msg)
     session.flush()
     return msg
@@ -117,8 +95,7 @@ def add_message(session: Session, conv: Conversation, author: str, body: str) ->
 def edit_message(session: Session, msg: Message, body: str) -> Message:
     """Replace a message's body, encrypted under the organisation's current key."""
     ring = _writable_keyring(session, msg.company_id)
-    msg.body_ct = _seal_value(ring, msg.company_id, "messages", "body", msg.id, body.encode())
-    msg.key_id = ring.encrypting_key_id.hex()
+    kinds.encrypt_column(ring, msg, "body", body.encode())
     session.flush()
     return msg
 
@@ -128,18 +105,15 @@ def add_attachment(
 ) -> Attachment:
     """Store a file of a conversation with its name and content encrypted."""
     ring = _writable_keyring(session, conv.company_id)
-    row_id = uuid.uuid4()
-    cid = conv.company_id
     att = Attachment(
-        id=row_id,
-        company_id=cid,
+        id=uuid.uuid4(),
+        company_id=conv.company_id,
         conversation_id=conv.id,
-        key_id=ring.encrypting_key_id.hex(),
-        filename_ct=_seal_value(ring, cid, "attachments", "filename", row_id, filename.encode()),
-        content_ct=_seal_value(ring, cid, "attachments", "content", row_id, content),
         content_type=content_type,
         size=len(content),
     )
+    kinds.encrypt_column(ring, att, "filename", filename.encode())
+    kinds.encrypt_column(ring, att, "content", content)
     session.add(att)
     session.flush()
     return att
@@ -188,15 +162,34 @@ class Reader:
     company_id: uuid.UUID
     failures: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
-    def open(self, table: str, column: str, row_id: uuid.UUID, blob: bytes) -> bytes:
-        """Decrypt one value; raises crypto.DecryptionError after noting the failure."""
-        ring = load_keys(self.session, self.company_id).keyring
+    def column(self, row: Any, ad_name: str) -> bytes:
+        """Decrypt one encrypted column of a row of a registered kind (see chat.kinds)."""
         try:
-            return ring.decrypt(blob, ad(self.company_id, table, column, row_id))
+            return kinds.open_column(self._ring(), row, ad_name)
         except crypto.DecryptionError as exc:
-            key = exc.key_id.hex() if exc.key_id else "unknown"
-            self.failures.setdefault((key, table), []).append(f"{row_id}:{exc.reason}")
+            self._note(exc, kinds.of(row).table, row.id)
             raise
+
+    def text(self, row: Any, ad_name: str) -> str:
+        """Decrypt one encrypted text column of a row."""
+        return self.column(row, ad_name).decode()
+
+    def open(self, table: str, column: str, row_id: uuid.UUID, blob: bytes) -> bytes:
+        """Decrypt one value given by table, column and row; notes a failure like column()."""
+        try:
+            return self._ring().decrypt(blob, ad(self.company_id, table, column, row_id))
+        except crypto.DecryptionError as exc:
+            self._note(exc, table, row_id)
+            raise
+
+    def _ring(self) -> crypto.Keyring:
+        """The organisation's keyring for reading."""
+        return keyring_source().readable(self.session, self.company_id)
+
+    def _note(self, exc: crypto.DecryptionError, table: str, row_id: uuid.UUID) -> None:
+        """Remember a failure, grouped by the key it was under and its table."""
+        key = exc.key_id.hex() if exc.key_id else "unknown"
+        self.failures.setdefault((key, table), []).append(f"{row_id}:{exc.reason}")
 
     def record_failures(self, actor: Any) -> None:
         """Audit the request's failures: per key and minute, aggregated beyond the first."""
