@@ -6,27 +6,18 @@ import pytest
 from sqlalchemy import Uuid, bindparam, select, text
 
 from portal import crypto
+from portal.chat import kinds
 from portal.db import get_session
 from portal.keys.models import OrgKey
 from portal.models import Organization
-from portal.rotation import service
+from portal.rotation.common import RotationError
+from portal.rotation.controls import failure_count
 from portal.rotation.models import RotationRun
-from tests.rotation_helpers import b64, enable_byok, key_ids, plaintext_digest, run_worker, seed
-
-
-def _start(app, org_id, current: bytes, new: bytes) -> str:
-    """Start a rotation through the service layer and enqueue its ranges."""
-    from jobs.rotation import enqueue_ranges
-
-    with app.app_context():
-        db = get_session()
-        run = service.start_rotation(
-            db, db.get(Organization, org_id), "cli", b64(current), b64(new)
-        )
-        db.commit()
-        run_id = run.id
-    enqueue_ranges(app, run_id)
-    return run_id
+from portal.rotation.progress import progress as run_progress
+from portal.rotation.sources import check_keys, keyring_for_run
+from portal.rotation.start import start_rotation
+from tests.support.rotation import b64, enable_byok, key_ids, plaintext_digest, run_worker, seed
+from tests.support.rotation import start_and_enqueue as _start
 
 
 def _raw_rows(app, org_id) -> dict:
@@ -57,7 +48,7 @@ def test_rotation_moves_every_item_to_the_new_key_and_retires_the_old(app, orgs)
         db = get_session()
         run = db.get(RotationRun, run_id)
         assert run.state == "completed", run.error
-        progress = service.progress(db, run)
+        progress = run_progress(db, run)
         assert progress.done == len(before) and progress.failed == 0
         old_row = db.scalar(select(OrgKey).where(OrgKey.key_id == crypto.key_id(old).hex()))
         assert old_row.state == "retired" and old_row.sealed is None
@@ -73,8 +64,8 @@ def test_wrong_current_key_is_refused_before_anything_changes(app, orgs):
     before = _raw_rows(app, org_a)
     with app.app_context():
         db = get_session()
-        with pytest.raises(service.RotationError, match="not the active key"):
-            service.start_rotation(
+        with pytest.raises(RotationError, match="not the active key"):
+            start_rotation(
                 db,
                 db.get(Organization, org_a),
                 "cli",
@@ -98,8 +89,8 @@ def test_a_current_key_that_decrypts_none_of_the_sample_is_refused(app, orgs):
     before = _raw_rows(app, org_a)
     with app.app_context():
         db = get_session()
-        with pytest.raises(service.RotationError, match="does not decrypt a stored item"):
-            service.start_rotation(
+        with pytest.raises(RotationError, match="does not decrypt a stored item"):
+            start_rotation(
                 db, db.get(Organization, org_a), "cli", b64(old), b64(crypto.generate_key())
             )
         db.rollback()
@@ -117,10 +108,10 @@ def test_new_key_must_differ_and_never_have_been_used(app, orgs):
         db = get_session()
         assert db.get(RotationRun, run_id).state == "completed"
         org = db.get(Organization, org_a)
-        with pytest.raises(service.RotationError, match="differ"):
-            service.check_keys(db, org, b64(second), b64(second))
-        with pytest.raises(service.RotationError, match="used by your organisation before"):
-            service.check_keys(db, org, b64(second), b64(first))
+        with pytest.raises(RotationError, match="differ"):
+            check_keys(db, org, b64(second), b64(second))
+        with pytest.raises(RotationError, match="used by your organisation before"):
+            check_keys(db, org, b64(second), b64(first))
 
 
 def test_tampered_item_is_reported_and_everything_else_completes(app, orgs):
@@ -143,8 +134,8 @@ def test_tampered_item_is_reported_and_everything_else_completes(app, orgs):
         db = get_session()
         run = db.get(RotationRun, run_id)
         assert run.state == "completed"
-        assert service.failure_count(db, run) == 1
-        assert service.progress(db, run).failed == 1
+        assert failure_count(db, run) == 1
+        assert run_progress(db, run).failed == 1
         still = db.execute(
             text("SELECT body_ct FROM messages WHERE id = :i"), {"i": victim.id}
         ).scalar_one()
@@ -163,10 +154,10 @@ def test_a_batch_replayed_changes_nothing_the_second_time(app, orgs):
     new = crypto.generate_key()
     with app.app_context():
         db = get_session()
-        run = service.start_rotation(db, db.get(Organization, org_a), "cli", b64(old), b64(new))
+        run = start_rotation(db, db.get(Organization, org_a), "cli", b64(old), b64(new))
         db.commit()
-        ring = service.keyring_for_run(db, run)
-        kind = engine.KINDS["messages"]
+        ring = keyring_for_run(db, run)
+        kind = kinds.get("messages")
         args = (
             db.connection(),
             run.id,
@@ -204,10 +195,10 @@ def test_compare_and_swap_keeps_a_concurrent_edit(app, orgs):
     new = crypto.generate_key()
     with app.app_context():
         db = get_session()
-        run = service.start_rotation(db, db.get(Organization, org_a), "cli", b64(old), b64(new))
+        run = start_rotation(db, db.get(Organization, org_a), "cli", b64(old), b64(new))
         db.commit()
-        ring = service.keyring_for_run(db, run)
-        kind = engine.KINDS["messages"]
+        ring = keyring_for_run(db, run)
+        kind = kinds.get("messages")
         rows = engine.select_batch(
             db.connection(), kind, org_a, [crypto.key_id(old).hex()], None, None, None, 100, 1 << 24
         )
@@ -297,12 +288,12 @@ def test_watchdog_records_progress_milestones_once(app, orgs):
     with app.app_context():
         db = get_session()
         run = db.get(RotationRun, run_id)
-        total = run.messages_total + run.attachments_total + run.metadata_total
+        total = run.total
         # Pretend the workers got just over half way.
         first = db.scalars(select(RotationRange).where(RotationRange.run_id == run_id)).first()
         first.done = total // 2 + 1
         db.commit()
-    from jobs.context import set_app
+    from portal.worker_app import set_app
 
     set_app(app)
     watchdog(str(run_id))
@@ -323,9 +314,10 @@ def test_watchdog_records_progress_milestones_once(app, orgs):
 
 
 def test_large_attachments_are_split_into_ranges_by_size(app, orgs, monkeypatch):
+    from portal.rotation import start
     from portal.rotation.models import RotationRange
 
-    monkeypatch.setattr(service, "BYTES_PER_RANGE", 4096)
+    monkeypatch.setattr(start, "BYTES_PER_RANGE", 4096)
     org_a = orgs["a"]["id"]
     old = enable_byok(app, org_a)
     seed(app, org_a, conversations=3, messages=1, attachments=2, attachment_bytes=3000)

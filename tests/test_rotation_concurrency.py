@@ -18,13 +18,13 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from jobs.rotation import enqueue_ranges
 from portal import crypto
 from portal.chat import service as chat
 from portal.chat.models import Conversation, Message
 from portal.db import get_session
 from portal.rotation.models import RotationRange
-from tests.fault_helpers import (
+from portal.rotation.queue import enqueue_ranges
+from tests.support.faults import (
     WorkerGroup,
     bulk_seed,
     cli_status,
@@ -35,7 +35,7 @@ from tests.fault_helpers import (
     start_run,
     wait_for_end,
 )
-from tests.rotation_helpers import enable_byok, key_ids, plaintext_digest
+from tests.support.rotation import enable_byok, key_ids, plaintext_digest
 
 SEEDED_MESSAGES = 6_000
 BATCH = 1_000  # big batches: a wide window between a batch's read and its write

@@ -12,18 +12,22 @@ import re
 
 from sqlalchemy import select, text
 
-from jobs.context import set_app
 from portal import crypto
 from portal.audit.models import AuditEvent
 from portal.db import get_session
 from portal.keys import operations as ops
 from portal.keys.models import OrgKey
 from portal.models import Organization
-from portal.rotation import service
+from portal.rotation.common import RotationError
+from portal.rotation.controls import can_resume, control, failure_count
 from portal.rotation.models import RotationEvent, RotationRange, RotationRun
-from tests.conftest import csrf_token, login, run_cli
-from tests.rotation_helpers import enable_byok, key_ids, plaintext_digest, run_worker, seed
-from tests.test_rotation import _start
+from portal.rotation.progress import progress as run_progress
+from portal.rotation.start import start_encrypt_existing
+from portal.worker_app import set_app
+from tests.support.processes import run_cli
+from tests.support.rotation import enable_byok, key_ids, plaintext_digest, run_worker, seed
+from tests.support.rotation import start_and_enqueue as _start
+from tests.support.web import csrf_token, login
 
 PAGE = "/settings/compliance"
 MOVE = f"{PAGE}/byok/move-leftover"
@@ -56,7 +60,7 @@ def _one_throttled_batch_then_cancel(app, run_id, rows: int = 5) -> None:
         app.config.update(saved)
     with app.app_context():
         db = get_session()
-        service.control(db, db.get(RotationRun, run_id), "cancel", "cli")
+        control(db, db.get(RotationRun, run_id), "cancel", "cli")
         db.commit()
     run_worker(app)  # the queued jobs see the cancelled run and stop
 
@@ -73,11 +77,11 @@ def _cancelled_rotation(app, org_id, **data):
 
 def _encrypt_existing(app, org_id):
     """Start Encrypt existing data, run it to its end; return its id and its source keys."""
-    from jobs.rotation import enqueue_ranges
+    from portal.rotation.queue import enqueue_ranges
 
     with app.app_context():
         db = get_session()
-        run = service.start_encrypt_existing(db, db.get(Organization, org_id), "cli")
+        run = start_encrypt_existing(db, db.get(Organization, org_id), "cli")
         db.commit()
         run_id, sources = run.id, run.old_key_ids.split(",")
     enqueue_ranges(app, run_id)
@@ -144,7 +148,7 @@ def test_cancelled_k1_to_k2_then_k2_to_k3_leaves_nothing_under_k1_and_retires_bo
     assert key_ids(app, org_a) == {kid(k3)}
     assert plaintext_digest(app, org_a) == before
     with app.app_context():
-        progress = service.progress(get_session(), run)
+        progress = run_progress(get_session(), run)
     assert progress.done == len(before) and progress.failed == 0
     assert _key_row(app, kid(k1)).state == "retired" and _key_row(app, kid(k1)).sealed is None
     assert _key_row(app, kid(k2)).state == "retired" and _key_row(app, kid(k2)).sealed is None
@@ -196,7 +200,7 @@ def test_each_key_is_retired_only_when_nothing_is_under_it(app, orgs):
     run = _run(app, second)
     assert run.state == "completed", run.error
     with app.app_context():
-        assert service.failure_count(get_session(), run) == 1
+        assert failure_count(get_session(), run) == 1
     assert _counts(app, org_a) == {kid(k3): 21, kid(k1): 1}
     assert _key_row(app, kid(k1)).state == "decrypt_only"  # still holds the failed item
     assert _key_row(app, kid(k2)).state == "retired"  # emptied: retired on its own
@@ -237,11 +241,11 @@ def test_a_cancelled_run_can_be_resumed_and_completes(app, orgs):
     with app.app_context():
         db = get_session()
         run = db.get(RotationRun, run_id)
-        assert service.can_resume(db, run)
-        service.control(db, run, "resume", "cli")
+        assert can_resume(db, run)
+        control(db, run, "resume", "cli")
         db.commit()
         assert run.state == "running" and run.finished_at is None
-    from jobs.rotation import enqueue_ranges
+    from portal.rotation.queue import enqueue_ranges
 
     enqueue_ranges(app, run_id)
     run_worker(app)
@@ -251,9 +255,9 @@ def test_a_cancelled_run_can_be_resumed_and_completes(app, orgs):
     assert plaintext_digest(app, org_a) == before
     assert _key_row(app, kid(k1)).state == "retired"
     with app.app_context():
-        progress = service.progress(get_session(), run)
+        progress = run_progress(get_session(), run)
         assert progress.done == len(before) and progress.percent() == 100
-        assert not service.can_resume(get_session(), run)
+        assert not can_resume(get_session(), run)
 
 
 def test_a_cancelled_run_is_not_resumable_once_another_run_started(app, orgs):
@@ -263,10 +267,10 @@ def test_a_cancelled_run_is_not_resumable_once_another_run_started(app, orgs):
     with app.app_context():
         db = get_session()
         run = db.get(RotationRun, first)
-        assert not service.can_resume(db, run)
+        assert not can_resume(db, run)
         try:
-            service.control(db, run, "resume", "cli")
-        except service.RotationError as exc:
+            control(db, run, "resume", "cli")
+        except RotationError as exc:
             assert "in progress" in exc.message
         else:
             raise AssertionError("a superseded cancelled run was resumed")

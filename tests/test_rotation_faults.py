@@ -19,13 +19,13 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from jobs.rotation import enqueue_ranges
 from portal import crypto
 from portal.db import get_session
 from portal.keys.models import OrgKey
-from portal.rotation import service
 from portal.rotation.models import RotationFailure
-from tests.fault_helpers import (
+from portal.rotation.progress import progress as run_progress
+from portal.rotation.queue import enqueue_ranges
+from tests.support.faults import (
     PrivateRedis,
     assert_rotated_intact,
     bulk_seed,
@@ -43,7 +43,7 @@ from tests.fault_helpers import (
     wait_for_end,
     worker_groups,
 )
-from tests.rotation_helpers import b64, enable_byok, plaintext_digest
+from tests.support.rotation import b64, enable_byok, plaintext_digest
 
 MESSAGES = 20_000
 CONVERSATIONS = 60
@@ -387,7 +387,7 @@ def test_a_worker_with_the_wrong_master_key_changes_nothing_and_a_right_one_comp
     assert done_items(app, run_id) == 0
     with app.app_context():
         assert get_session().scalar(select(RotationFailure.id)) is None
-        assert service.progress(get_session(), run_row(app, run_id)).failed == 0
+        assert run_progress(get_session(), run_row(app, run_id)).failed == 0
     assert raw_digest(app, org) == raw_before, "a worker with the wrong master key wrote data"
     assert _key_rows(app, org) == keys_before, "a worker with the wrong master key changed keys"
     wrong.stop()

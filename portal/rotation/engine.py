@@ -1,5 +1,8 @@
 """Re-encrypting one range of items in batches: read, decrypt, re-encrypt, compare-and-swap.
 
+It works on any kind in the registry (portal.chat.kinds): the table, the ciphertext columns,
+their associated-data names and an optional size column are all it needs to know.
+
 Each batch is one transaction: the rewritten rows and the range's checkpoint commit together,
 so a crash at any point leaves every item readable and the checkpoint consistent with them.
 """
@@ -14,34 +17,9 @@ from typing import Any
 from sqlalchemy import Connection
 
 from portal import crypto
+from portal.chat.kinds import Kind
 
 NO_ID = uuid.UUID(int=0)
-
-
-@dataclass(frozen=True)
-class Kind:
-    """One kind of stored item: its table, encrypted columns and the AD names of those."""
-
-    name: str
-    table: str
-    columns: tuple[str, ...]  # associated-data column names
-    ct_columns: tuple[str, ...]  # the columns holding ciphertext
-    size_column: str | None = None  # a cheap size, so big items are batched by bytes
-
-
-KINDS = {
-    "messages": Kind("messages", "messages", ("body",), ("body_ct",)),
-    "attachments": Kind(
-        "attachments",
-        "attachments",
-        ("filename", "content"),
-        ("filename_ct", "content_ct"),
-        size_column="size",
-    ),
-    "metadata": Kind(
-        "metadata", "conversations", ("title", "metadata"), ("title_ct", "metadata_ct")
-    ),
-}
 
 
 @dataclass
@@ -168,7 +146,7 @@ def reencrypt(
         rid = str(row_id)
         try:
             new_values = []
-            for column, blob in zip(kind.columns, row[2:], strict=True):
+            for column, blob in zip(kind.ad_names, row[2:], strict=True):
                 aad = crypto.associated_data(cid, kind.table, column, rid)
                 new_values.append(bytes(ring.encrypt(ring.decrypt(blob, aad), aad)))
         except crypto.DecryptionError as exc:

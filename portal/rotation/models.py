@@ -16,7 +16,7 @@ from sqlalchemy import (
     Text,
     Uuid,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.db import Base, UTCDateTime, new_id, utcnow
 from portal.rotation.states import ACTIVE_RUN_STATES as ACTIVE_RUN_STATES  # re-exported
@@ -24,7 +24,6 @@ from portal.rotation.states import RangeState, RunState, sql_values
 
 RUN_STATES = sql_values(RunState)
 RUN_KINDS = ("rotation", "encrypt_existing")
-DATA_KINDS = ("messages", "attachments", "metadata")
 RANGE_STATES = sql_values(RangeState)
 
 
@@ -47,10 +46,6 @@ class RotationRun(Base):
     old_key_ids: Mapped[str] = mapped_column(String(400))
     new_key_id: Mapped[str] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(20), default=RunState.QUEUED.value)
-    # Planned item counts per kind; done/failed are summed from the ranges (cheap to read).
-    messages_total: Mapped[int] = mapped_column(BigInteger, default=0)
-    attachments_total: Mapped[int] = mapped_column(BigInteger, default=0)
-    metadata_total: Mapped[int] = mapped_column(BigInteger, default=0)
     max_batches_per_second: Mapped[float | None] = mapped_column(Float)
     # How many verification passes found items left and sent the run round again.
     passes: Mapped[int] = mapped_column(Integer, default=0)
@@ -59,6 +54,45 @@ class RotationRun(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     error: Mapped[str | None] = mapped_column(Text)
+    # Planned item counts, one row per kind of encrypted data (see RotationRunKind).
+    per_kind: Mapped[list[RotationRunKind]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"
+    )
+
+    def total_of(self, kind: str) -> int:
+        """Items of one kind the run planned to move (0 for a kind it has no row for)."""
+        return next((row.total for row in self.per_kind if row.kind == kind), 0)
+
+    def set_total(self, kind: str, total: int) -> None:
+        """Set how many items of one kind the run plans to move."""
+        for row in self.per_kind:
+            if row.kind == kind:
+                row.total = total
+                return
+        self.per_kind.append(RotationRunKind(kind=kind, total=total, done=0, failed=0))
+
+    @property
+    def total(self) -> int:
+        """All items the run planned to move, every kind together."""
+        return sum(row.total for row in self.per_kind)
+
+
+class RotationRunKind(Base):
+    """A run's figures for one kind of encrypted data (a row per kind, not a column).
+
+    ``total`` is what the run plans to move. ``done`` and ``failed`` are settled from the
+    ranges at each verification and at a cancel; while a run goes, progress sums the ranges.
+    """
+
+    __tablename__ = "rotation_run_kinds"
+
+    run_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("rotation_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    total: Mapped[int] = mapped_column(BigInteger, default=0)
+    done: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class RotationRange(Base):

@@ -1,0 +1,204 @@
+"""Which keys a run moves items from, what it counts under them, and the run's keyring.
+
+Every count goes through the registry of encrypted kinds (portal.chat.kinds), so a kind
+added there is counted, moved and verified without a change here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from portal import crypto
+from portal.chat import kinds
+from portal.keys import operations as ops
+from portal.keys import policy
+from portal.keys.models import OrgKey
+from portal.keys.service import load_keys
+from portal.models import Organization
+from portal.rotation.common import DECRYPT_SAMPLE, MAX_SOURCE_KEYS, RotationError, log_event
+from portal.rotation.models import RotationRun
+
+
+def check_keys(
+    session: Session, org: Organization, current_text: str, new_text: str
+) -> tuple[bytes, bytes]:
+    """Test Keys: prove the current key, and check the new one is valid and never used."""
+    current = ops.read_key(current_text, field="current_key")
+    new = ops.read_key(new_text, field="new_key")
+    active = policy.active_key(session, org.id)
+    if active is None or active.origin == "platform":
+        raise RotationError("BYOK is not enabled: there is no key of yours to rotate.")
+    if crypto.key_id(current).hex() != active.key_id:
+        raise RotationError(
+            f"This is not the active key (its fingerprint is {active.fingerprint}).",
+            field="current_key",
+            code="not_active",
+        )
+    _decrypt_sample(session, org, current)
+    if new == current:
+        raise RotationError(
+            "The new key must differ from the current key.", field="new_key", code="same_key"
+        )
+    if session.scalar(
+        select(OrgKey.id).where(
+            OrgKey.company_id == org.id, OrgKey.key_id == crypto.key_id(new).hex()
+        )
+    ):
+        raise RotationError(
+            "This key was used by your organisation before; use a new key.",
+            field="new_key",
+            code="reused",
+        )
+    if not crypto.self_test(new):
+        raise RotationError("The new key failed the encrypt/decrypt test.", field="new_key")
+    return current, new
+
+
+def _decrypt_sample(session: Session, org: Organization, key: bytes) -> None:
+    """Check the pasted current key against a few stored items that name it.
+
+    The sample comes from the first kind, in registry order, with items under the key (the
+    messages, when there are any). One item that decrypts proves the key. A damaged item
+    must not block a rotation (the rotation lists it as failed and leaves it untouched), so
+    the key is refused only when none of the sample decrypts.
+    """
+    kid = crypto.key_id(key).hex()
+    ring = crypto.Keyring(key)
+    for kind in kinds.all_kinds():
+        model, column = kind.model, kind.columns[0]  # one column proves the key; keep it small
+        sample = session.execute(
+            select(model.id, getattr(model, column.attr))
+            .where(model.company_id == org.id, model.key_id == kid)
+            .order_by(model.id)
+            .limit(DECRYPT_SAMPLE)
+        ).all()
+        if not sample:
+            continue
+        for row_id, blob in sample:
+            aad = kinds.associated_data(org.id, kind.table, column.ad_name, row_id)
+            try:
+                ring.decrypt(blob, aad)
+                return
+            except crypto.DecryptionError:
+                continue
+        raise RotationError(
+            "The current key does not decrypt a stored item.",
+            field="current_key",
+            code="sample_failed",
+        )
+
+
+def count_items(session: Session, company_id: uuid.UUID, key_ids: list[str]) -> dict[str, int]:
+    """Count items per kind under the given keys (indexed by company_id, key_id)."""
+    out = {}
+    for kind in kinds.all_kinds():
+        model = kind.model
+        out[kind.name] = (
+            session.scalar(
+                select(func.count())
+                .select_from(model)
+                .where(model.company_id == company_id, model.key_id.in_(key_ids))
+            )
+            or 0
+        )
+    return out
+
+
+@dataclass
+class Sources:
+    """The keys a run to a target key moves items from, and the items nobody can move.
+
+    Every key but the target is a source, whatever put items under it: the key active when
+    the run started, an older key a cancelled run left behind, platform keys, a BYOK key
+    from before a Disable and re-Enable, a key restored from a backup. Only keys that can
+    still decrypt are moved from; items under a lost, unavailable or retired key are counted
+    and reported, and left exactly as they are.
+    """
+
+    keys: list[str]  # hex ids of the readable keys, most items first
+    counts: dict[str, dict[str, int]]  # items per kind under every non-target key
+    states: dict[str, str]  # the effective state of every key of the organisation
+    unmovable: dict[str, int] = field(default_factory=dict)  # key id -> items it holds
+
+    def items(self, key_id: str) -> int:
+        """Items under one key, all kinds together."""
+        return sum(self.counts.get(key_id, {}).values())
+
+
+def sources(session: Session, company_id: uuid.UUID, target: str) -> Sources:
+    """Find every key whose items a run to ``target`` must move (from the key_id indexes)."""
+    loaded = load_keys(session, company_id)
+    states = {row.key_id: loaded.effective_state(row) for row in loaded.rows}
+    others = [k for k in states if k != target]
+    counts = _counts_by_key(session, company_id, others) if others else {}
+    readable = [k for k in others if states[k] == "decrypt_only"]
+    readable.sort(key=lambda k: -sum(counts.get(k, {}).values()))  # stable: oldest first
+    found = Sources(readable, counts, states)
+    found.unmovable = {k: found.items(k) for k in others if k not in readable and found.items(k)}
+    return found
+
+
+def _counts_by_key(
+    session: Session, company_id: uuid.UUID, key_ids: list[str]
+) -> dict[str, dict[str, int]]:
+    """Items per key and kind under the given keys (indexed by company_id, key_id)."""
+    names = [kind.name for kind in kinds.all_kinds()]
+    out: dict[str, dict[str, int]] = {}
+    for kind in kinds.all_kinds():
+        model = kind.model
+        rows = session.execute(
+            select(model.key_id, func.count())
+            .where(model.company_id == company_id, model.key_id.in_(key_ids))
+            .group_by(model.key_id)
+        )
+        for key_id, n in rows:
+            out.setdefault(key_id, dict.fromkeys(names, 0))[kind.name] = n
+    return out
+
+
+def source_list(found: Sources, first: str | None = None) -> list[str]:
+    """The key ids a run records as its sources (the one it must retire first, if given)."""
+    keys = ([first] if first else []) + [k for k in found.keys if k != first]
+    return keys[:MAX_SOURCE_KEYS]
+
+
+def report_unmovable(session: Session, run: RotationRun, found: Sources) -> int:
+    """Note in the run's history each key whose items cannot be moved; return how many."""
+    for key_id, n in found.unmovable.items():
+        state = found.states.get(key_id, "unknown")
+        log_event(
+            session,
+            run,
+            f"{n} items under key {crypto.fingerprint(bytes.fromhex(key_id))} ({state}) cannot "
+            "be moved: no usable copy of that key can decrypt them; they are left as they are",
+        )
+    return sum(found.unmovable.values())
+
+
+def log_sources(session: Session, run: RotationRun, keys: list[str], found: Sources) -> None:
+    """Note in the run's history the keys it moves items from (beyond the one it replaces)."""
+    listed = [k for k in keys if found.items(k)]
+    if listed:
+        moving = ", ".join(
+            f"{crypto.fingerprint(bytes.fromhex(k))} ({found.items(k)} items)" for k in listed
+        )
+        log_event(session, run, f"Moving the items under {moving}"[:400])
+
+
+def fingerprints(key_ids: list[str]) -> list[str]:
+    """Fingerprints of hex key ids, as people see them."""
+    return [crypto.fingerprint(bytes.fromhex(k)) for k in key_ids if k]
+
+
+def keyring_for_run(session: Session, run: RotationRun) -> crypto.Keyring:
+    """The organisation's keyring: the old keys decrypt, the run's new key encrypts."""
+    loaded = load_keys(session, run.company_id)
+    if loaded.keyring.encrypting_key_id is None or (
+        loaded.keyring.encrypting_key_id.hex() != run.new_key_id
+    ):
+        raise RotationError("The run's new key is not the organisation's active key.")
+    return loaded.keyring

@@ -1,0 +1,191 @@
+"""Starting a run: a rotation to a new key, or moving existing items onto the active key."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from portal import crypto
+from portal.audit.actions import Action
+from portal.chat import kinds
+from portal.db import utcnow
+from portal.events import emit
+from portal.keys import operations as ops
+from portal.keys import policy
+from portal.keys.models import OrgKey
+from portal.keys.runs import run_in_progress
+from portal.keys.service import forget_cached_keys, mark_state, store_key
+from portal.models import Organization
+from portal.rotation.common import (
+    BYTES_PER_RANGE,
+    ITEMS_PER_RANGE,
+    MAX_RANGES,
+    RotationError,
+    log_event,
+)
+from portal.rotation.models import RotationRange, RotationRun
+from portal.rotation.sources import (
+    check_keys,
+    count_items,
+    fingerprints,
+    log_sources,
+    report_unmovable,
+    source_list,
+    sources,
+)
+from portal.rotation.states import RunState
+
+IN_PROGRESS = "A rotation is already in progress for this organisation."
+
+
+def _bytes_of(session: Session, kind: kinds.Kind, run: RotationRun) -> int:
+    """Bytes of a sized kind the run will move (such a kind is split by size too)."""
+    model = kind.model
+    total = session.scalar(
+        select(func.coalesce(func.sum(getattr(model, kind.size_column)), 0)).where(
+            model.company_id == run.company_id,
+            model.key_id.in_(run.old_key_ids.split(",")),
+        )
+    )
+    return int(total or 0)  # PostgreSQL's SUM of bigint is a numeric (Decimal)
+
+
+def plan_ranges(session: Session, run: RotationRun) -> None:
+    """Split each kind's work into primary-key ranges that workers can take in parallel."""
+    for kind in kinds.all_kinds():
+        parts = -(-run.total_of(kind.name) // ITEMS_PER_RANGE)
+        if kind.size_column:
+            parts = max(parts, -(-_bytes_of(session, kind, run) // BYTES_PER_RANGE))
+        parts = max(1, min(MAX_RANGES, parts))
+        step = (1 << 128) // parts
+        for seq in range(parts):
+            lo = uuid.UUID(int=seq * step) if seq else None
+            hi = uuid.UUID(int=(seq + 1) * step) if seq < parts - 1 else None
+            session.add(RotationRange(run_id=run.id, kind=kind.name, seq=seq, lo=lo, hi=hi))
+    session.flush()
+
+
+def _new_run(
+    session: Session, org: Organization, actor: Any, kind: str, old: list[str], new: str
+) -> RotationRun:
+    """Create a run with its totals and ranges."""
+    run = RotationRun(
+        company_id=org.id,
+        kind=kind,
+        old_key_ids=",".join(old),
+        new_key_id=new,
+        state=RunState.RUNNING,
+        started_by=ops.actor_label(actor),
+        started_at=utcnow(),
+    )
+    for name, total in count_items(session, org.id, old).items():
+        run.set_total(name, total)
+    session.add(run)
+    session.flush()
+    plan_ranges(session, run)
+    return run
+
+
+def start_rotation(
+    session: Session,
+    org: Organization,
+    actor: Any,
+    current_text: str,
+    new_text: str,
+    generated_fingerprint: str | None = None,
+) -> RotationRun:
+    """Start a rotation: the new key encrypts new writes from now; workers move the rest."""
+    if run_in_progress(session, org.id):
+        raise RotationError(IN_PROGRESS)
+    _current, new = check_keys(session, org, current_text, new_text)
+    old = policy.active_key(session, org.id)
+    label = ops.actor_label(actor)
+    fp = crypto.fingerprint(crypto.key_id(new))
+    mark_state(old, "decrypt_only", label)
+    origin = "generated" if generated_fingerprint == fp else "imported"
+    row = store_key(session, org.id, new, origin=origin, state="active", actor=label)
+    forget_cached_keys()
+    # Every key but the new one: a cancelled run's older key and platform keys included.
+    found = sources(session, org.id, row.key_id)
+    keys = source_list(found, first=old.key_id)
+    run = _new_run(session, org, actor, "rotation", keys, row.key_id)
+    log_event(session, run, f"Rotation started: {old.fingerprint} → {fp}")
+    log_sources(session, run, keys[1:], found)
+    unmovable = report_unmovable(session, run, found)
+    emit(
+        session,
+        Action.ROTATION_STARTED,
+        actor=actor,
+        company_id=org.id,
+        details={
+            "run_id": str(run.id),
+            "old_fingerprint": old.fingerprint,
+            "new_fingerprint": fp,
+            "from_fingerprints": fingerprints(keys),
+            "items": run.total,
+            "unmovable": unmovable,
+        },
+    )
+    return run
+
+
+def start_encrypt_existing(session: Session, org: Organization, actor: Any) -> RotationRun:
+    """Move every item not under the organisation's BYOK key onto it.
+
+    That is the platform-key items from before BYOK, and also whatever an earlier BYOK key
+    still holds (a cancelled run's, or one from before a Disable and re-Enable).
+    """
+    if run_in_progress(session, org.id):
+        raise RotationError(IN_PROGRESS)
+    active = policy.active_key(session, org.id)
+    if active is None or active.origin == "platform":
+        raise RotationError("Enable BYOK first: existing data moves to your key.")
+    return _start_move(session, org, actor, active, "encrypt_existing")
+
+
+def start_move_to_active(session: Session, org: Organization, actor: Any) -> RotationRun:
+    """The compliance page's "Move them to the active key": the same run and audit event,
+    moving whatever is left under any other readable key to the active key, whatever its
+    origin (after a Disable, that is the platform key).
+    """
+    if run_in_progress(session, org.id):
+        raise RotationError(IN_PROGRESS)
+    active = policy.active_key(session, org.id)
+    if active is None:
+        raise RotationError(
+            "There is no active key to move the items to: restore or enable a key first."
+        )
+    return _start_move(session, org, actor, active, "leftover")
+
+
+def _start_move(
+    session: Session, org: Organization, actor: Any, active: OrgKey, trigger: str
+) -> RotationRun:
+    """Start an encrypt-existing run from every readable key but the active one."""
+    found = sources(session, org.id, active.key_id)
+    keys = source_list(found)
+    if not any(found.items(k) for k in keys):
+        raise RotationError(
+            "Nothing to move: every item that can be read is already under the active key."
+        )
+    run = _new_run(session, org, actor, "encrypt_existing", keys, active.key_id)
+    log_event(session, run, f"Encryption of existing data under {active.fingerprint} started")
+    log_sources(session, run, keys, found)
+    unmovable = report_unmovable(session, run, found)
+    emit(
+        session,
+        Action.ENCRYPT_EXISTING_STARTED,
+        actor=actor,
+        company_id=org.id,
+        details={
+            "run_id": str(run.id),
+            "items": run.total,
+            "from_fingerprints": fingerprints(keys),
+            "unmovable": unmovable,
+            "trigger": trigger,
+        },
+    )
+    return run
