@@ -273,16 +273,14 @@ def main() -> None:
         }
         pages = {"PageUser": args.page_users, "ApiClient": args.api_clients}
         idle, idle_s = run_locust(port, args.seconds, {**pages, "RunWatcher": 0}, load_env)
-        from jobs.rotation import enqueue_ranges
         from portal.models import Organization
-        from portal.rotation import service
         from portal.rotation.models import ACTIVE_RUN_STATES, RotationRun
+        from portal.rotation.queue import enqueue_ranges
+        from portal.rotation.start import start_rotation
 
         with app.app_context():
             db = get_session()
-            run = service.start_rotation(
-                db, db.get(Organization, org_id), "bench", b64(old), b64(new)
-            )
+            run = start_rotation(db, db.get(Organization, org_id), "bench", b64(old), b64(new))
             run.max_batches_per_second = args.throttle
             db.commit()
             run_id = run.id

@@ -114,10 +114,11 @@ def product_rotation(
     app, env: dict[str, str], org_slug: str, old: bytes, new: bytes, workers: int
 ) -> tuple[float, list[float], dict]:
     """Rotate with the product end to end: enqueue to verified, with real RQ workers."""
-    from jobs.rotation import enqueue_ranges
     from portal.models import Organization
-    from portal.rotation import service
     from portal.rotation.models import RotationRun
+    from portal.rotation.progress import progress as run_progress
+    from portal.rotation.queue import enqueue_ranges
+    from portal.rotation.start import start_rotation
 
     procs = [
         subprocess.Popen(
@@ -136,7 +137,7 @@ def product_rotation(
     with app.app_context():
         db = get_session()
         org = db.scalar(select(Organization).where(Organization.slug == org_slug))
-        run = service.start_rotation(db, org, "bench", b64(old), b64(new))
+        run = start_rotation(db, org, "bench", b64(old), b64(new))
         db.commit()
         run_id = run.id
     enqueue_ranges(app, run_id)
@@ -152,7 +153,7 @@ def product_rotation(
     sampler.join()
     with app.app_context():
         db = get_session()
-        info = service.progress(db, db.get(RotationRun, run_id)).as_json()
+        info = run_progress(db, db.get(RotationRun, run_id)).as_json()
     for proc in procs:
         os.killpg(proc.pid, signal.SIGTERM)
     for proc in procs:
