@@ -1,10 +1,9 @@
 """Re-encrypting one range of items in batches: read, decrypt, re-encrypt, compare-and-swap.
 
-It works on any kind in the registry (portal.chat.kinds): the table, the ciphertext columns,
-their associated-data names and an optional size column are all it needs to know.
-
 Each batch is one transaction: the rewritten rows and the range's checkpoint commit together,
 so a crash at any point leaves every item readable and the checkpoint consistent with them.
+Any kind of the registry (portal.chat.kinds) works: its table, ciphertext columns, their
+associated-data names and an optional size column are all the engine needs.
 """
 
 from __future__ import annotations
@@ -15,9 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from portal import crypto
 from portal.chat.kinds import Kind
+from portal.db import utcnow
+from portal.rotation.models import RotationFailure
 
 NO_ID = uuid.UUID(int=0)
 
@@ -37,6 +40,7 @@ class Dialect:
     """The few SQL details that differ between PostgreSQL and SQLite."""
 
     def __init__(self, conn: Connection) -> None:
+        """Read the dialect of the connection."""
         self.pg = conn.dialect.name == "postgresql"
         self.mark = "%s" if self.pg else "?"
 
@@ -208,22 +212,11 @@ def record_failures(
     """List items that could not be re-encrypted (once each, however often retried)."""
     if not failed:
         return
-    from portal.db import utcnow
-    from portal.rotation.models import RotationFailure
-
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    now = utcnow()
     rows = [
-        {
-            "run_id": run_id,
-            "kind": kind.name,
-            "item_id": item,
-            "reason": reason,
-            "created_at": utcnow(),
-        }
-        for item, reason in failed
+        {"run_id": run_id, "kind": kind.name, "item_id": item, "reason": r, "created_at": now}
+        for item, r in failed
     ]
     conn.execute(insert(RotationFailure).values(rows).on_conflict_do_nothing())
 
