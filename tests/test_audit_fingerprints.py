@@ -11,14 +11,14 @@ from portal.keys.models import OrgKey
 from portal.models import Organization
 from portal.rotation import service
 from portal.rotation.models import RotationEvent, RotationRun
-from tests.conftest import run_cli
-from tests.rotation_helpers import b64, enable_byok, run_worker, seed
+from tests.support.processes import run_cli
+from tests.support.rotation import b64, enable_byok, run_worker, seed
 
 
 def test_no_raw_key_id_reaches_people_after_a_rotation_with_a_failure(
     app, orgs, login_as, cli_env
 ) -> None:
-    from jobs.rotation import enqueue_ranges
+    from portal.rotation.queue import enqueue_ranges
 
     org_a = orgs["a"]["id"]
     old = enable_byok(app, org_a)

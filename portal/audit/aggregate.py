@@ -20,9 +20,9 @@ from flask import current_app, has_app_context
 from sqlalchemy.orm import Session
 
 from portal import crypto
+from portal.audit.actions import Action
 from portal.events import emit
 
-ACTION = "encryption_key.decrypt_failed"
 SAMPLES = 20
 # Separates the parts of a bucket field; JSON escapes it, so an actor's label cannot hold it.
 _SEP = "\x1f"
@@ -115,7 +115,12 @@ def record(
     client = _redis()
     if client is None:
         emit(
-            session, ACTION, outcome="failure", actor=actor, company_id=company_id, details=details
+            session,
+            Action.DECRYPT_FAILED,
+            outcome="failure",
+            actor=actor,
+            company_id=company_id,
+            details=details,
         )
         return True
     name = _bucket_key(company_id, key_text, minute)
@@ -134,7 +139,12 @@ def record(
         first = True  # without Redis every failure is written: flooding beats losing it
     if first:
         emit(
-            session, ACTION, outcome="failure", actor=actor, company_id=company_id, details=details
+            session,
+            Action.DECRYPT_FAILED,
+            outcome="failure",
+            actor=actor,
+            company_id=company_id,
+            details=details,
         )
         _schedule_flush(company_id, key_text, minute, now)
     return bool(first)
@@ -151,7 +161,7 @@ def _redis() -> redis.Redis | None:
 
 def _schedule_flush(company_id: uuid.UUID, key_id: str, minute: str, now: datetime) -> None:
     """Ask a worker to write the minute's follow-up event once the minute is over."""
-    from portal.serving import make_queue
+    from portal.redis_conn import make_queue
 
     try:
         queue = make_queue(_redis(), current_app.config["RQ_QUEUE"])
@@ -209,7 +219,7 @@ def flush(session: Session, company_id: uuid.UUID, key_id: str, minute: str) -> 
             continue
         emit(
             session,
-            ACTION,
+            Action.DECRYPT_FAILED,
             outcome="failure",
             actor=_actor(actor),
             company_id=company_id,
