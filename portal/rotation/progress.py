@@ -47,10 +47,7 @@ class Progress:
     @property
     def labelled(self) -> list[tuple[str, str, dict[str, int]]]:
         """(name, label, figures) of each kind, in registry order, for pages to list."""
-        return [
-            (name, kinds.KINDS[name].label if name in kinds.KINDS else name, figures)
-            for name, figures in self.kinds.items()
-        ]
+        return [(name, kinds.get(name).label, figures) for name, figures in self.kinds.items()]
 
     def percent(self, kind: str | None = None) -> int:
         """Per cent done, overall or for one kind."""
@@ -120,16 +117,13 @@ def progress(session: Session, run: RotationRun) -> Progress:
         .group_by(RotationRange.kind)
     ).all()
     result = Progress(run)
-    names = [kind.name for kind in kinds.all_kinds()]
-    # Every registered kind, then any a run recorded that is no longer registered.
-    names += [row.kind for row in run.per_kind if row.kind not in names]
-    for name in names:
-        result.kinds[name] = {"total": run.total_of(name), "done": 0, "failed": 0}
-    for kind, done, failed, nbytes in sums:
-        figures = result.kinds.setdefault(kind, {"total": 0, "done": 0, "failed": 0})
-        figures["done"] = int(done or 0)
-        figures["failed"] = int(failed or 0)
-        result.bytes_done += int(nbytes or 0)
+    for kind in kinds.all_kinds():
+        result.kinds[kind.name] = {"total": run.total_of(kind.name), "done": 0, "failed": 0}
+    for name, done, failed, nbytes in sums:
+        if name in result.kinds:  # a kind no longer registered is no longer worked on
+            result.kinds[name]["done"] = int(done or 0)
+            result.kinds[name]["failed"] = int(failed or 0)
+            result.bytes_done += int(nbytes or 0)
     return result
 
 
