@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 
-import pytest
 from alembic import command
-from sqlalchemy import BigInteger, LargeBinary, String, Uuid, inspect, select, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import Uuid, inspect, select, text
 
 from portal import crypto
 from portal.chat import kinds
@@ -20,48 +17,11 @@ from portal.keys.service import load_keys
 from portal.migrate import alembic_config, current_revision, head_revision, upgrade
 from portal.rotation.models import RotationEvent, RotationRun, RotationRunKind
 from portal.rotation.progress import progress
+from tests.support.kinds import Note
 from tests.support.rotation import enable_byok, run_worker, seed, start_and_enqueue
 from tests.support.services import _create_pg_database, _drop_pg_database
 
 NOTES = 12
-
-
-class NotesBase(DeclarativeBase):
-    """Its own metadata: the test table is none of the portal's tables."""
-
-
-class Note(NotesBase):
-    """A test-only encrypted kind: two ciphertext columns and a size for batching by bytes."""
-
-    __tablename__ = "test_kind_notes"
-
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
-    company_id: Mapped[uuid.UUID] = mapped_column(Uuid)
-    key_id: Mapped[str] = mapped_column(String(16))
-    text_ct: Mapped[bytes] = mapped_column(LargeBinary)
-    tag_ct: Mapped[bytes] = mapped_column(LargeBinary)
-    size: Mapped[int] = mapped_column(BigInteger, default=0)
-
-
-NOTES_KIND = kinds.Kind(
-    "notes",
-    Note,
-    (kinds.Column("text_ct", "text"), kinds.Column("tag_ct", "tag")),
-    "Test notes",
-    size_column="size",
-)
-
-
-@pytest.fixture
-def notes_kind(app) -> Iterator[kinds.Kind]:
-    """The notes table in the test database and its kind in the registry, for one test."""
-    engine = app.extensions["db_engine"]
-    NotesBase.metadata.create_all(engine)
-    try:
-        with kinds.registered(NOTES_KIND) as kind:
-            yield kind
-    finally:
-        NotesBase.metadata.drop_all(engine)
 
 
 def _write_notes(app, org_id: uuid.UUID, n: int = NOTES) -> dict[uuid.UUID, tuple[bytes, bytes]]:

@@ -12,7 +12,7 @@ from portal.chat import kinds
 from portal.db import utcnow
 from portal.events import emit
 from portal.keys import policy
-from portal.keys.runs import run_in_progress
+from portal.rotation.active import active_run
 from portal.rotation.common import RotationError, log_event
 from portal.rotation.models import RotationFailure, RotationRange, RotationRun
 from portal.rotation.progress import progress, settle_figures
@@ -97,7 +97,7 @@ def resume_refusal(session: Session, run: RotationRun) -> str | None:
         return None
     if run.state != RunState.CANCELLED:
         return f"A {run.state} run cannot be resumed."
-    if run_in_progress(session, run.company_id):
+    if active_run(session, run.company_id):
         return IN_PROGRESS
     latest = session.scalar(
         select(RotationRun.id)
@@ -173,7 +173,7 @@ def retry_failed(session: Session, run: RotationRun, actor: Any) -> RotationRun:
     """Run another pass over the items a completed run could not move."""
     if run.state != RunState.COMPLETED or not failure_count(session, run):
         raise RotationError("Only a completed run with failed items can be retried.")
-    if run_in_progress(session, run.company_id):
+    if active_run(session, run.company_id):
         raise RotationError(IN_PROGRESS)
     _restart_ranges(session, run)
     run.state, run.finished_at = RunState.RUNNING, None

@@ -16,9 +16,9 @@ from portal.events import emit
 from portal.keys import operations as ops
 from portal.keys import policy
 from portal.keys.models import OrgKey
-from portal.keys.runs import run_in_progress
 from portal.keys.service import forget_cached_keys, mark_state, store_key
 from portal.models import Organization
+from portal.rotation.active import active_run
 from portal.rotation.common import (
     BYTES_PER_RANGE,
     ITEMS_PER_RANGE,
@@ -98,7 +98,7 @@ def start_rotation(
     generated_fingerprint: str | None = None,
 ) -> RotationRun:
     """Start a rotation: the new key encrypts new writes from now; workers move the rest."""
-    if run_in_progress(session, org.id):
+    if active_run(session, org.id):
         raise RotationError(IN_PROGRESS)
     _current, new = check_keys(session, org, current_text, new_text)
     old = policy.active_key(session, org.id)
@@ -138,7 +138,7 @@ def start_encrypt_existing(session: Session, org: Organization, actor: Any) -> R
     That is the platform-key items from before BYOK, and also whatever an earlier BYOK key
     still holds (a cancelled run's, or one from before a Disable and re-Enable).
     """
-    if run_in_progress(session, org.id):
+    if active_run(session, org.id):
         raise RotationError(IN_PROGRESS)
     active = policy.active_key(session, org.id)
     if active is None or active.origin == "platform":
@@ -151,7 +151,7 @@ def start_move_to_active(session: Session, org: Organization, actor: Any) -> Rot
     moving whatever is left under any other readable key to the active key, whatever its
     origin (after a Disable, that is the platform key).
     """
-    if run_in_progress(session, org.id):
+    if active_run(session, org.id):
         raise RotationError(IN_PROGRESS)
     active = policy.active_key(session, org.id)
     if active is None:
