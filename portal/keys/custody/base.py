@@ -29,7 +29,8 @@ class KeyCustody(Protocol):
 class Startup:
     """What a backend may start from: the app's settings and the master key, if one is loaded."""
 
-    config: Mapping[str, Any]
+    # Neither is shown by repr(): the settings hold BYOK_MASTER_KEY and SECRET_KEY too.
+    config: Mapping[str, Any] = field(repr=False)
     master_key: bytes | None = field(default=None, repr=False)
 
 
