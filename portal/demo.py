@@ -122,17 +122,19 @@ def seed_chat(db: Session, org: Organization, items: int) -> None:
     Each value is encrypted as the data API does it (same check, keyring and associated
     data), then rows go in by bulk insert: thousands of them in a second or two.
     """
-    from portal.chat import service
+    from sqlalchemy import inspect
+
+    from portal.chat import kinds
+    from portal.chat.keyrings import keyring_source
     from portal.chat.models import Attachment, Conversation, Message
-    from portal.keys.policy import check_can_store
-    from portal.keys.service import encrypting_keyring
 
-    check_can_store(db, org)
-    ring = encrypting_keyring(db, org.id)
-    key_id = ring.encrypting_key_id.hex()
+    ring = keyring_source().writable(db, org.id)
 
-    def seal(table: str, column: str, row_id: uuid.UUID, data: bytes) -> bytes:
-        return bytes(ring.encrypt(data, service.ad(org.id, table, column, row_id)))
+    def sealed(row: Any, **values: bytes) -> dict[str, Any]:
+        """Encrypt values into the row's columns, then return the row as insert values."""
+        for ad_name, data in values.items():
+            kinds.encrypt_column(ring, row, ad_name, data)
+        return dict(inspect(row).dict)
 
     rows: dict[type, list[dict[str, Any]]] = {Conversation: [], Message: [], Attachment: []}
     at = datetime.now(UTC)
@@ -142,48 +144,29 @@ def seed_chat(db: Session, org: Organization, items: int) -> None:
         topic = TOPICS[(n - 1) % len(TOPICS)]
         conv_id = uuid.uuid4()
         meta = json.dumps({"channel": "demo", "n": n}, separators=(",", ":")).encode()
-        rows[Conversation].append(
-            {
-                "id": conv_id,
-                "company_id": org.id,
-                "key_id": key_id,
-                "title_ct": seal("conversations", "title", conv_id, f"{topic} #{n}".encode()),
-                "metadata_ct": seal("conversations", "metadata", conv_id, meta),
-                "created_at": at,
-            }
-        )
+        conv = Conversation(id=conv_id, company_id=org.id, created_at=at)
+        rows[Conversation].append(sealed(conv, title=f"{topic} #{n}".encode(), metadata=meta))
         left -= 1
         if n == 1 and left > 0:
             att_id, notes = uuid.uuid4(), f"Notes for {org.name}.\n".encode()
-            rows[Attachment].append(
-                {
-                    "id": att_id,
-                    "company_id": org.id,
-                    "conversation_id": conv_id,
-                    "key_id": key_id,
-                    "filename_ct": seal("attachments", "filename", att_id, b"notes.txt"),
-                    "content_ct": seal("attachments", "content", att_id, notes),
-                    "content_type": "text/plain",
-                    "size": len(notes),
-                    "created_at": at,
-                }
+            att = Attachment(
+                id=att_id,
+                company_id=org.id,
+                conversation_id=conv_id,
+                content_type="text/plain",
+                size=len(notes),
+                created_at=at,
             )
+            rows[Attachment].append(sealed(att, filename=b"notes.txt", content=notes))
             left -= 1
         for i in range(min(CONVERSATION_ITEMS - 1, left)):
             msg_id, author = uuid.uuid4(), ("user", "assistant")[i % 2]
             body = f"{topic} #{n}: message {i + 1} from the {author}.".encode()
             at += timedelta(microseconds=1)  # keeps each conversation's messages in order
-            rows[Message].append(
-                {
-                    "id": msg_id,
-                    "company_id": org.id,
-                    "conversation_id": conv_id,
-                    "key_id": key_id,
-                    "author": author,
-                    "body_ct": seal("messages", "body", msg_id, body),
-                    "created_at": at,
-                }
+            msg = Message(
+                id=msg_id, company_id=org.id, conversation_id=conv_id, author=author, created_at=at
             )
+            rows[Message].append(sealed(msg, body=body))
             left -= 1
     for model, values in rows.items():  # conversations first: the others refer to them
         if values:

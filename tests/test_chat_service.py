@@ -175,3 +175,35 @@ def test_tokens_are_stored_hashed_and_found_only_while_live(app: Flask, org_id):
         row.revoked_at = row.created_at
         db.commit()
         assert service.find_token(db, token) is None
+
+
+def test_without_a_wired_keyring_source_chat_neither_stores_nor_reads(
+    app: Flask, org_id, monkeypatch
+):
+    """chat gets keyrings only from create_app's wiring: missing, it refuses loudly."""
+    with app.app_context():
+        db = get_session()
+        conv = service.create_conversation(db, org_id, "t", {})
+        db.commit()
+        monkeypatch.delitem(app.extensions, "keyrings")
+        with pytest.raises(RuntimeError, match=r'extensions\["keyrings"\] is not set'):
+            service.add_message(db, conv, "a", "never stored unchecked")
+        with pytest.raises(RuntimeError, match="keyrings"):
+            service.Reader(db, org_id).text(conv, "title")
+        db.rollback()
+    assert count(app, Message) == 0
+
+
+def test_without_the_active_run_wiring_key_operations_fail_closed(app: Flask, orgs, monkeypatch):
+    """keys cannot tell whether a rotation is moving items: it refuses, never assumes none."""
+    from portal.keys import operations as ops
+    from portal.models import Organization
+
+    monkeypatch.delitem(app.extensions, "active_run")
+    with app.app_context():
+        db = get_session()
+        org = db.get(Organization, orgs["a"]["id"])
+        with pytest.raises(RuntimeError, match=r'extensions\["active_run"\] is not set'):
+            ops.revoke(db, org, "cli", org.slug)
+        with pytest.raises(RuntimeError, match="active_run"):
+            ops.status(db, org)

@@ -18,13 +18,14 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import Flask
 from sqlalchemy import LargeBinary, select, text
 
-from portal.chat import export as export_module
 from portal.chat import service as chat
 from portal.db import Base, get_session
+from portal.keys import export as export_module
 from portal.keys import operations as ops
 from portal.keys.models import OrgKey
 from portal.models import Organization
-from tests.conftest import MASTER_KEY_B64, run_cli
+from tests.support.processes import run_cli
+from tests.support.web import MASTER_KEY_B64
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "format.md"
 TITLE = "Zürich ☕ plan"
@@ -179,8 +180,8 @@ def test_rows_are_read_in_chunks_each_exported_once(
     app: Flask, orgs: dict, tmp_path: Path, monkeypatch
 ) -> None:
     expected = setup_org(app, "org-a", secrets.token_bytes(32))
-    small = tuple(replace(kind, chunk=2) for kind in export_module.KINDS)
-    monkeypatch.setattr(export_module, "KINDS", small)
+    small = {name: replace(form, chunk=2) for name, form in export_module.SHAPES.items()}
+    monkeypatch.setattr(export_module, "SHAPES", small)
     with app.app_context():
         db = get_session()
         org = db.scalar(select(Organization).where(Organization.slug == "org-a"))

@@ -1,9 +1,11 @@
 """The one registry of encrypted kinds of data: everything that stores, reads, counts or
 re-encrypts items iterates it, so a kind declared here is covered everywhere.
 
-A kind is a table whose rows carry ``company_id``, ``key_id`` and one or more encrypted
-columns. Each encrypted column has a model attribute (``body_ct``) and the name bound into
-its associated data (``body``, see docs/format.md), which never changes once data exists.
+A kind is a table whose rows carry ``id``, ``company_id``, ``key_id``, ``created_at`` and
+one or more encrypted columns (tests/test_kinds_registry.py checks every kind and that every
+table with a ``key_id`` column is one). Each encrypted column has a model attribute
+(``body_ct``) and the name bound into its associated data (``body``, see docs/format.md),
+which never changes once data exists.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from portal.audit.actions import Action
 from portal.events import emit
 from portal.models import Organization
 
@@ -37,7 +38,7 @@ def audit_refusal(
     session: Session,
     org: Organization | None,
     actor: Any,
-    action: str,
+    action: Action,
     exc: KeyOperationError,
     **extra: str,
 ) -> None:
@@ -55,7 +56,7 @@ def audit_refusal(
     )
 
 
-def audits_refusals(action: str) -> Callable:
+def audits_refusals(action: Action) -> Callable:
     """Make every refusal of a key operation ``(session, org, actor, ...)`` an audit event."""
 
     def decorate(operation: Callable) -> Callable:

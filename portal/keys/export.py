@@ -3,6 +3,8 @@
 Every record holds ciphertext exactly as stored, the key it is under (key id and
 fingerprint) and the four associated-data fields of each value; never a key or a sealed
 key. Rows are read in id-keyset chunks, so memory stays flat however much there is.
+Every registered kind of encrypted data (portal/chat/kinds.py) is exported; ``SHAPES``
+gives the record name and encodings of the kinds the format documents.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal import crypto
-from portal.chat.models import Attachment, Conversation, Message
+from portal.chat import kinds
 from portal.chat.service import iso
 from portal.db import utcnow
 from portal.keys.models import OrgKey
@@ -30,35 +32,46 @@ VERSION = 1
 
 
 @dataclass(frozen=True)
-class Kind:
-    """One encrypted table: its record name, model, encrypted columns and plain fields."""
+class Shape:
+    """How the rows of one kind are written: record name, value encodings, plain fields."""
 
     record: str
-    model: type
-    # (associated-data column name, model attribute, plaintext encoding)
-    values: tuple[tuple[str, str, str], ...]
-    plain: tuple[str, ...]
-    chunk: int
+    # Plaintext encoding by associated-data name ("utf-8", "json"); any other is "bytes".
+    encodings: tuple[tuple[str, str], ...]
+    plain: tuple[str, ...] = ()
+    chunk: int = 500
+
+    def encoding(self, ad_name: str) -> str:
+        """How the plaintext of one value reads: utf-8, json or bytes."""
+        return dict(self.encodings).get(ad_name, "bytes")
 
 
-KINDS = (
-    Kind(
-        "conversation",
-        Conversation,
-        (("title", "title_ct", "utf-8"), ("metadata", "metadata_ct", "json")),
-        (),
-        500,
-    ),
-    Kind("message", Message, (("body", "body_ct", "utf-8"),), ("conversation_id", "author"), 500),
-    Kind(
+# In this order in the file: conversations before the messages and files that refer to them.
+SHAPES = {
+    "metadata": Shape("conversation", (("title", "utf-8"), ("metadata", "json"))),
+    "messages": Shape("message", (("body", "utf-8"),), ("conversation_id", "author")),
+    "attachments": Shape(
         "attachment",
-        Attachment,
-        (("filename", "filename_ct", "utf-8"), ("content", "content_ct", "bytes")),
+        (("filename", "utf-8"),),
         ("conversation_id", "content_type", "size"),
         # Attachments can be large: few per chunk.
         20,
     ),
-)
+}
+
+
+def shape(kind: kinds.Kind) -> Shape:
+    """The shape of a kind: as declared, or for another kind its name and bytes values."""
+    return SHAPES.get(kind.name) or Shape(kind.name, (), chunk=20 if kind.size_column else 500)
+
+
+def exported_kinds() -> list[kinds.Kind]:
+    """Every registered kind, those of ``SHAPES`` first and in its order."""
+    order = list(SHAPES)
+    return sorted(
+        kinds.all_kinds(),
+        key=lambda k: order.index(k.name) if k.name in order else len(order),
+    )
 
 
 def _fingerprint(key_id_hex: str) -> str:
@@ -71,32 +84,25 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, uuid.UUID) else value
 
 
-def _rows(session: Session, kind: Kind, company_id: uuid.UUID) -> Iterator[Any]:
+def _rows(session: Session, kind: kinds.Kind, company_id: uuid.UUID) -> Iterator[Any]:
     """The organisation's rows of one kind as plain tuples, in id order, a chunk at a time."""
-    model = kind.model
-    names = ("id", "key_id", "created_at", *kind.plain, *(attr for _, attr, _ in kind.values))
+    model, chunk = kind.model, shape(kind).chunk
+    names = ("id", "key_id", "created_at", *shape(kind).plain, *kind.ct_columns)
     columns = [getattr(model, name) for name in names]
     last: uuid.UUID | None = None
     while True:
         query = select(*columns).where(model.company_id == company_id).order_by(model.id)
         if last is not None:
             query = query.where(model.id > last)
-        rows = session.execute(query.limit(kind.chunk)).all()
+        rows = session.execute(query.limit(chunk)).all()
         yield from rows
-        if len(rows) < kind.chunk:
+        if len(rows) < chunk:
             return
         last = rows[-1].id
 
 
-def records(session: Session, org: Organization) -> Iterator[dict[str, Any]]:
-    """Yield the export's records: header, keys, every encrypted row, then the counts."""
-    company = str(org.id)
-    yield {
-        "record": "export",
-        "version": VERSION,
-        "exported_at": iso(utcnow()),
-        "organization": {"id": company, "slug": org.slug, "name": org.name, "tier": org.tier},
-    }
+def _key_records(session: Session, org: Organization) -> Iterator[dict[str, Any]]:
+    """One record per key the organisation has or had, oldest first."""
     keys = session.scalars(
         select(OrgKey).where(OrgKey.company_id == org.id).order_by(OrgKey.created_at)
     )
@@ -109,29 +115,42 @@ def records(session: Session, org: Organization) -> Iterator[dict[str, Any]]:
             "origin": row.origin,
             "created_at": iso(row.created_at),
         }
-    counts = {"conversations": 0, "messages": 0, "attachments": 0, "ciphertexts": 0}
-    for kind in KINDS:
-        table = kind.model.__tablename__
+
+
+def records(session: Session, org: Organization) -> Iterator[dict[str, Any]]:
+    """Yield the export's records: header, keys, every encrypted row, then the counts."""
+    company = str(org.id)
+    yield {
+        "record": "export",
+        "version": VERSION,
+        "exported_at": iso(utcnow()),
+        "organization": {"id": company, "slug": org.slug, "name": org.name, "tier": org.tier},
+    }
+    yield from _key_records(session, org)
+    ordered = exported_kinds()
+    counts = {kind.table: 0 for kind in ordered} | {"ciphertexts": 0}
+    for kind in ordered:
+        form = shape(kind)
         for row in _rows(session, kind, org.id):
             row_id = str(row.id)
             values = {
-                name: {
-                    "ad": [company, table, name, row_id],
-                    "encoding": encoding,
-                    "ciphertext": base64.b64encode(getattr(row, attr)).decode("ascii"),
+                col.ad_name: {
+                    "ad": [company, kind.table, col.ad_name, row_id],
+                    "encoding": form.encoding(col.ad_name),
+                    "ciphertext": base64.b64encode(getattr(row, col.attr)).decode("ascii"),
                 }
-                for name, attr, encoding in kind.values
+                for col in kind.columns
             }
             yield {
-                "record": kind.record,
+                "record": form.record,
                 "id": row_id,
-                **{name: _plain(getattr(row, name)) for name in kind.plain},
+                **{name: _plain(getattr(row, name)) for name in form.plain},
                 "created_at": iso(row.created_at),
                 "key_id": row.key_id,
                 "fingerprint": _fingerprint(row.key_id),
                 "values": values,
             }
-            counts[table] += 1
+            counts[kind.table] += 1
             counts["ciphertexts"] += len(values)
     yield {"record": "end", **counts}
 
