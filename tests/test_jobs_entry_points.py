@@ -51,6 +51,57 @@ def test_nothing_in_portal_imports_jobs() -> None:
     assert jobs_imports(ROOT / "portal") == {}
 
 
+# An entry point builds or gets the app and calls into portal: a few statements, no more.
+MAX_ENTRY_STATEMENTS = 6
+
+
+def fat_parts(source: str) -> list[str]:
+    """What in a jobs module is more than a thin public entry point (imports and docstrings
+    aside): module state, classes, private helpers and long functions."""
+    found: list[str] = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # the module docstring
+        if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
+            found.append(getattr(node, "name", None) or ast.unparse(node).split("\n")[0])
+            continue
+        body = node.body[1:] if ast.get_docstring(node) else node.body
+        statements = sum(1 for part in body for _ in ast.walk(part) if isinstance(_, ast.stmt))
+        if statements > MAX_ENTRY_STATEMENTS:
+            found.append(f"{node.name} ({statements} statements)")
+    return found
+
+
+def test_the_thinness_check_flags_state_helpers_and_long_functions() -> None:
+    sample = """
+\"\"\"Jobs.\"\"\"
+import uuid
+_worker_pid = None
+def _claim(db):
+    return True
+def process_range(run_id, range_id):
+    \"\"\"Work.\"\"\"
+    app = get_app()
+    with app.app_context():
+        if _claim(None):
+            x = 1
+            y = 2
+            z = 3
+            return str(x + y + z)
+def watchdog(run_id):
+    \"\"\"Watch.\"\"\"
+    return watching.watchdog(job_app(), uuid.UUID(run_id))
+"""
+    assert fat_parts(sample) == ["_worker_pid = None", "_claim", "process_range (7 statements)"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "jobs").glob("*.py")), ids=lambda p: p.name)
+def test_jobs_modules_hold_only_thin_entry_points(path: Path) -> None:
+    assert fat_parts(path.read_text()) == []
+
+
 def job_names() -> set[str]:
     """The dotted job names portal enqueues."""
     names: set[str] = set()
