@@ -9,8 +9,8 @@ from portal.audit.models import AuditEvent
 from portal.db import get_session
 from portal.keys.models import OrgKey
 from portal.models import Organization
-from portal.rotation import service
 from portal.rotation.models import RotationEvent, RotationRun
+from portal.rotation.start import start_rotation
 from tests.support.processes import run_cli
 from tests.support.rotation import b64, enable_byok, run_worker, seed
 
@@ -32,7 +32,7 @@ def test_no_raw_key_id_reaches_people_after_a_rotation_with_a_failure(
             text("UPDATE messages SET body_ct = :b WHERE id = :i"), {"b": broken, "i": victim.id}
         )
         db.commit()
-        run = service.start_rotation(
+        run = start_rotation(
             db, db.get(Organization, org_a), "cli", b64(old), b64(crypto.generate_key())
         )
         run_id = run.id
