@@ -1,35 +1,50 @@
-"""The ``byok-portal`` command, run as a real process against this run's services."""
+"""The ``byok-portal`` command, in-process on the test's app (as real processes: test_cli_smoke)."""
 
 from __future__ import annotations
 
 import os
+from importlib.metadata import version
 
 from sqlalchemy import inspect
 
 from portal.db import make_engine
 from portal.migrate import current_revision, head_revision, upgrade
-from tests.conftest import PASSWORD, _create_pg_database, _drop_pg_database, run_cli
+from tests.support.services import _create_pg_database, _drop_pg_database
+from tests.support.web import PASSWORD
 
 
-def test_help_lists_every_command(cli_env):
-    out = run_cli(cli_env, "--help").stdout
-    for command in ("init", "create-org", "create-user", "serve", "worker", "demo"):
+def test_help_lists_every_command(cli):
+    out = cli("--help").stdout
+    for command in ("init", "create-org", "create-user", "serve", "worker", "demo", "key"):
+        assert command in out
+    # Flask's own commands, from the FlaskGroup the command is built on.
+    for command in ("routes", "shell", "rotation", "audit", "data"):
         assert command in out
 
 
-def test_init_twice_is_harmless(cli_env):
-    first = run_cli(cli_env, "init")
-    second = run_cli(cli_env, "init")
+def test_version_is_the_installed_package_version(cli):
+    result = cli("--version")
+    assert (result.returncode, result.stdout) == (0, f"byok-portal {version('byok-portal')}\n")
+
+
+def test_routes_lists_the_portal_routes(cli):
+    result = cli("routes")
+    assert result.returncode == 0, result.stderr
+    assert "/settings/compliance" in result.stdout and "/api/v1" in result.stdout
+
+
+def test_init_twice_is_harmless(cli):
+    first = cli("init")
+    second = cli("init")
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     assert "up to date" in second.stdout
 
 
-def test_create_org_and_user_then_sign_in(cli_env, client):
-    created = run_cli(cli_env, "create-org", "Umbrella Corp", "--tier", "dedicated")
+def test_create_org_and_user_then_sign_in(cli, client):
+    created = cli("create-org", "Umbrella Corp", "--tier", "dedicated")
     assert created.returncode == 0, created.stderr
     assert "umbrella-corp" in created.stdout
-    user = run_cli(
-        cli_env,
+    user = cli(
         "create-user",
         "Ada@Umbrella.example",
         "--org",
@@ -40,23 +55,39 @@ def test_create_org_and_user_then_sign_in(cli_env, client):
         stdin=PASSWORD + "\n",
     )
     assert user.returncode == 0, user.stderr
-    from tests.conftest import login
+    from tests.support.web import login
 
     assert login(client, "ada@umbrella.example").status_code == 302
     assert "Dedicated" in client.get("/settings/compliance").get_data(as_text=True)
 
 
-def test_create_org_refuses_duplicate_slug_and_bad_tier(cli_env):
-    assert run_cli(cli_env, "create-org", "Twice", "--tier", "community").returncode == 0
-    again = run_cli(cli_env, "create-org", "Twice", "--tier", "community")
-    assert again.returncode != 0 and "exists already" in again.stderr
-    bad = run_cli(cli_env, "create-org", "Nope", "--tier", "platinum")
-    assert bad.returncode != 0
+def test_create_org_again_with_the_same_tier_succeeds_for_automation(cli, app):
+    assert cli("create-org", "Twice", "--tier", "community").returncode == 0
+    again = cli("create-org", "Twice", "--tier", "community")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == "organisation twice (community) exists already\n"
+    with app.app_context():
+        from sqlalchemy import func, select
+
+        from portal.db import get_session
+        from portal.models import Organization
+
+        slugs = select(func.count()).where(Organization.slug == "twice")
+        assert get_session().scalar(slugs) == 1
 
 
-def test_create_user_refuses_unknown_org_and_short_password(cli_env):
-    unknown = run_cli(
-        cli_env,
+def test_create_org_refuses_another_tier_for_an_existing_slug_and_a_bad_tier(cli):
+    assert cli("create-org", "Twice", "--tier", "community").returncode == 0
+    other = cli("create-org", "Twice", "--tier", "dedicated")
+    assert other.returncode == 1
+    assert other.stderr == "error: an organisation with slug 'twice' exists already\n"
+    assert other.stdout == ""
+    bad = cli("create-org", "Nope", "--tier", "platinum")
+    assert bad.returncode == 2  # a usage error, from click
+
+
+def test_create_user_refuses_unknown_org_and_short_password(cli):
+    unknown = cli(
         "create-user",
         "x@y.example",
         "--org",
@@ -67,9 +98,8 @@ def test_create_user_refuses_unknown_org_and_short_password(cli_env):
         stdin=PASSWORD,
     )
     assert unknown.returncode != 0 and "no organisation" in unknown.stderr
-    run_cli(cli_env, "create-org", "Short", "--tier", "org_community")
-    short = run_cli(
-        cli_env,
+    cli("create-org", "Short", "--tier", "org_community")
+    short = cli(
         "create-user",
         "x@y.example",
         "--org",
@@ -102,13 +132,12 @@ def test_migrations_upgrade_from_empty(services, tmp_path):
             _drop_pg_database(os.environ["TEST_DATABASE_URL"], name)
 
 
-def test_set_password_signs_out_existing_sessions(cli_env, client, orgs):
-    from tests.conftest import login
+def test_set_password_signs_out_existing_sessions(cli, client, orgs):
+    from tests.support.web import login
 
     assert login(client, orgs["users"]["admin_a"]).status_code == 302
     assert client.get("/settings/compliance").status_code == 200
-    changed = run_cli(
-        cli_env,
+    changed = cli(
         "set-password",
         orgs["users"]["admin_a"],
         "--password-stdin",
@@ -118,7 +147,5 @@ def test_set_password_signs_out_existing_sessions(cli_env, client, orgs):
     assert client.get("/settings/compliance").status_code == 302  # the old cookie is dead
     assert login(client, orgs["users"]["admin_a"]).status_code == 401  # old password too
     assert login(client, orgs["users"]["admin_a"], "a brand new passphrase").status_code == 302
-    short = run_cli(
-        cli_env, "set-password", orgs["users"]["admin_a"], "--password-stdin", stdin="short\n"
-    )
+    short = cli("set-password", orgs["users"]["admin_a"], "--password-stdin", stdin="short\n")
     assert short.returncode == 1 and "at least 10" in short.stderr

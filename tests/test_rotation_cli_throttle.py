@@ -10,9 +10,8 @@ from sqlalchemy import select
 from portal import crypto
 from portal.audit.models import AuditEvent
 from portal.rotation.models import RotationRun
-from tests.conftest import run_cli
-from tests.fault_helpers import run_row, start_run
-from tests.rotation_helpers import enable_byok, seed
+from tests.support.faults import run_row, start_run
+from tests.support.rotation import enable_byok, seed
 
 
 def _run(app, orgs) -> uuid.UUID:
@@ -34,14 +33,14 @@ def _throttle_events(app, run_id: uuid.UUID) -> list[tuple[str, dict]]:
     return [(label, d) for label, d in events if d.get("run_id") == str(run_id)]
 
 
-def test_rotation_throttle_sets_limits_and_clears_it_and_is_audited(app, orgs, cli_env):
+def test_rotation_throttle_sets_limits_and_clears_it_and_is_audited(app, orgs, cli):
     run_id = _run(app, orgs)
-    limited = run_cli(cli_env, "rotation", "throttle", str(run_id), "2.5")
+    limited = cli("rotation", "throttle", str(run_id), "2.5")
     assert limited.returncode == 0, limited.stderr
     assert "2.5 batches per second" in limited.stdout
     assert run_row(app, run_id).max_batches_per_second == 2.5
     for unlimited in ("0", "none", "NONE"):
-        cleared = run_cli(cli_env, "rotation", "throttle", str(run_id), unlimited)
+        cleared = cli("rotation", "throttle", str(run_id), unlimited)
         assert cleared.returncode == 0, cleared.stderr
         assert "unlimited" in cleared.stdout
         assert run_row(app, run_id).max_batches_per_second is None
@@ -50,11 +49,11 @@ def test_rotation_throttle_sets_limits_and_clears_it_and_is_audited(app, orgs, c
     assert {label for label, _d in events} == {"cli"}
 
 
-def test_rotation_throttle_refuses_bad_values_and_changes_nothing(app, orgs, cli_env):
+def test_rotation_throttle_refuses_bad_values_and_changes_nothing(app, orgs, cli):
     run_id = _run(app, orgs)
-    assert run_cli(cli_env, "rotation", "throttle", str(run_id), "4").returncode == 0
+    assert cli("rotation", "throttle", str(run_id), "4").returncode == 0
     for bad in ("fast", "-1", "5000", "nan", "inf", ""):
-        refused = run_cli(cli_env, "rotation", "throttle", str(run_id), bad)
+        refused = cli("rotation", "throttle", str(run_id), bad)
         assert refused.returncode != 0, (bad, refused.stdout)
         assert refused.stderr.startswith("error: "), (bad, refused.stderr)
         assert "Traceback" not in refused.stderr
@@ -62,11 +61,11 @@ def test_rotation_throttle_refuses_bad_values_and_changes_nothing(app, orgs, cli
     assert len(_throttle_events(app, run_id)) == 1
 
 
-def test_rotation_throttle_refuses_unknown_and_malformed_run_ids(app, orgs, cli_env):
+def test_rotation_throttle_refuses_unknown_and_malformed_run_ids(app, orgs, cli):
     _run(app, orgs)
-    unknown = run_cli(cli_env, "rotation", "throttle", str(uuid.uuid4()), "2")
+    unknown = cli("rotation", "throttle", str(uuid.uuid4()), "2")
     assert unknown.returncode == 1 and "no rotation run" in unknown.stderr
-    malformed = run_cli(cli_env, "rotation", "throttle", "not-a-run", "2")
+    malformed = cli("rotation", "throttle", "not-a-run", "2")
     assert malformed.returncode == 1 and "not a run id" in malformed.stderr
     with app.extensions["db_sessionmaker"]() as db:
         assert db.scalar(select(RotationRun.max_batches_per_second)) is None

@@ -1,4 +1,4 @@
-"""``byok-portal key ...``: the wizard's operations for scripted installs, run as real processes.
+"""``byok-portal key ...``: the wizard's operations for scripted installs (run in-process).
 
 Same service code as the web wizard, so the same checks, messages and audit events (actor
 ``cli``); a refusal exits non-zero with the message on standard error.
@@ -7,47 +7,41 @@ Same service code as the web wizard, so the same checks, messages and audit even
 from __future__ import annotations
 
 import json
-import subprocess
+from collections.abc import Callable
 
 import pytest
 from flask import Flask
 
 from portal.chat.models import Message
-from tests.conftest import PASSWORD, run_cli
-from tests.test_wizard import (
+from tests.support.api import Api
+from tests.support.cli import Ran
+from tests.support.html import by_testid, feedback
+from tests.support.leaks import scan_database
+from tests.support.web import PASSWORD
+from tests.support.wizard import (
     INVALID_KEYS,
     REQUIRED_MESSAGE,
-    Api,
     add_org,
-    by_testid,
     events,
-    feedback,
     key_by_fp,
     key_id_of,
     new_key,
     org_keys,
     platform_key_ids,
-    scan_database,
     sign_in,
 )
 
 
-@pytest.fixture
-def cli_env(cli_env) -> dict:
-    """The shared CLI environment, pinned to the shared deployment mode."""
-    return {**cli_env, "BYOK_DEPLOYMENT": "shared"}
-
-
-def status(env: dict, slug: str) -> dict:
+def status(cli: Callable[..., Ran], slug: str) -> dict:
     """Return ``key status --json`` of an organisation."""
-    result = run_cli(env, "key", "status", "--org", slug, "--json")
+    result = cli("key", "status", "--org", slug, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
-def enable(env: dict, slug: str, text: str) -> subprocess.CompletedProcess:
+def enable(cli: Callable[..., Ran], slug: str, text: str) -> Ran:
     """Run ``key enable`` with a key on standard input."""
-    return run_cli(env, "key", "enable", "--org", slug, stdin=text)
+    return cli("key", "enable", "--org", slug, stdin=text)
 
 
 def cli_events(app: Flask, action: str, company_id, outcome: str | None = None) -> list:
@@ -59,20 +53,20 @@ def cli_events(app: Flask, action: str, company_id, outcome: str | None = None) 
     return found
 
 
-def test_key_status_json_describes_keys_fingerprints_states_origins_and_items(app, cli_env, orgs):
-    api = Api(app, orgs["a"]["id"])
+def test_key_status_json_describes_keys_fingerprints_states_origins_and_items(app, cli, orgs):
+    api = Api.for_org(app, orgs["a"]["id"])
     conv = api.conversation()
     api.message(conv, "one")
-    before = status(cli_env, orgs["a"]["slug"])
+    before = status(cli, orgs["a"]["slug"])
     assert before["byok_enabled"] is False
     assert before["organization"] == orgs["a"]["slug"]
     [platform] = before["keys"]
     assert (platform["state"], platform["origin"], platform["items"]) == ("active", "platform", 2)
     assert before["active_fingerprint"] == platform["fingerprint"]
     _, text, fp = new_key()
-    assert enable(cli_env, orgs["a"]["slug"], text + "\n").returncode == 0
+    assert enable(cli, orgs["a"]["slug"], text + "\n").returncode == 0
     api.message(conv, "two")
-    after = status(cli_env, orgs["a"]["slug"])
+    after = status(cli, orgs["a"]["slug"])
     assert after["byok_enabled"] is True
     assert after["active_fingerprint"] == fp
     by_fp = {k["fingerprint"]: k for k in after["keys"]}
@@ -84,16 +78,16 @@ def test_key_status_json_describes_keys_fingerprints_states_origins_and_items(ap
     assert by_fp[platform["fingerprint"]]["state"] == "decrypt_only"
     assert by_fp[platform["fingerprint"]]["items"] == 2
     assert after["rotation_due"] and after["rotation_overdue"] is False
-    human = run_cli(cli_env, "key", "status", "--org", orgs["a"]["slug"])
+    human = cli("key", "status", "--org", orgs["a"]["slug"])
     assert human.returncode == 0
     assert "BYOK: on" in human.stdout
     assert f"active key: {fp}" in human.stdout
     assert "next rotation due:" in human.stdout
 
 
-def test_key_enable_reads_the_key_from_stdin_and_enables_it_as_cli(app, cli_env, orgs):
+def test_key_enable_reads_the_key_from_stdin_and_enables_it_as_cli(app, cli, orgs):
     key, text, fp = new_key()
-    result = enable(cli_env, orgs["a"]["slug"], text + "\n")
+    result = enable(cli, orgs["a"]["slug"], text + "\n")
     assert result.returncode == 0, result.stderr
     assert fp in result.stdout
     assert text not in result.stdout + result.stderr
@@ -103,7 +97,7 @@ def test_key_enable_reads_the_key_from_stdin_and_enables_it_as_cli(app, cli_env,
     assert [json.loads(e.details) for e in tests] == [{"fingerprint": fp}]
     enabled = cli_events(app, "BYOK.enabled", orgs["a"]["id"])
     assert [json.loads(e.details) for e in enabled] == [{"fingerprint": fp, "origin": "imported"}]
-    api = Api(app, orgs["a"]["id"])
+    api = Api.for_org(app, orgs["a"]["id"])
     conv = api.conversation()
     assert key_id_of(app, Message, api.message(conv, "new")) == row.key_id
     assert scan_database(app, [key]) == []
@@ -114,8 +108,8 @@ def test_key_enable_reads_the_key_from_stdin_and_enables_it_as_cli(app, cli_env,
 
 
 @pytest.mark.parametrize("text", [t for _, t, _ in INVALID_KEYS], ids=[i for i, *_ in INVALID_KEYS])
-def test_key_enable_refuses_a_bad_key_with_the_web_message_on_stderr(app, cli_env, orgs, text):
-    result = enable(cli_env, orgs["a"]["slug"], text)
+def test_key_enable_refuses_a_bad_key_with_the_web_message_on_stderr(app, cli, orgs, text):
+    result = enable(cli, orgs["a"]["slug"], text)
     assert result.returncode == 1
     assert result.stdout == ""
     failed = cli_events(app, "BYOK.key_test", orgs["a"]["id"])
@@ -129,50 +123,45 @@ def test_key_enable_refuses_a_bad_key_with_the_web_message_on_stderr(app, cli_en
     assert [k.origin for k in org_keys(app, orgs["a"]["id"])] == ["platform"]
 
 
-def test_key_enable_refuses_a_key_used_before_and_a_second_key_while_on(app, cli_env, orgs):
+def test_key_enable_refuses_a_key_used_before_and_a_second_key_while_on(app, cli, orgs):
     _, text, _ = new_key()
-    assert enable(cli_env, orgs["a"]["slug"], text).returncode == 0
+    assert enable(cli, orgs["a"]["slug"], text).returncode == 0
     _, other, _ = new_key()
-    again = enable(cli_env, orgs["a"]["slug"], other)
+    again = enable(cli, orgs["a"]["slug"], other)
     assert again.returncode == 1
     assert "BYOK is already enabled" in again.stderr
-    assert (
-        run_cli(cli_env, "key", "disable", "--org", orgs["a"]["slug"], "--i-understand").returncode
-        == 0
-    )
-    reused = enable(cli_env, orgs["a"]["slug"], text)
+    assert cli("key", "disable", "--org", orgs["a"]["slug"], "--i-understand").returncode == 0
+    reused = enable(cli, orgs["a"]["slug"], text)
     assert reused.returncode == 1
     assert "used by your organisation before" in reused.stderr
 
 
-def test_key_commands_refuse_community_accounts_and_unknown_organisations(
-    app, cli_env, password_hash
-):
+def test_key_commands_refuse_community_accounts_and_unknown_organisations(app, cli, password_hash):
     org = add_org(app, password_hash, "community")
     _, text, _ = new_key()
-    refused = enable(cli_env, org["slug"], text)
+    refused = enable(cli, org["slug"], text)
     assert refused.returncode == 1
     assert "not available for Community" in refused.stderr
-    unknown = enable(cli_env, "no-such-org", text)
+    unknown = enable(cli, "no-such-org", text)
     assert unknown.returncode == 1
     assert "no organisation with slug 'no-such-org'" in unknown.stderr
-    assert run_cli(cli_env, "key", "status", "--org", "no-such-org").returncode == 1
+    assert cli("key", "status", "--org", "no-such-org").returncode == 1
 
 
-def test_key_disable_needs_i_understand_then_new_data_uses_a_platform_key(app, cli_env, orgs):
+def test_key_disable_needs_i_understand_then_new_data_uses_a_platform_key(app, cli, orgs):
     slug = orgs["a"]["slug"]
     key, text, fp = new_key()
-    assert enable(cli_env, slug, text).returncode == 0
-    without = run_cli(cli_env, "key", "disable", "--org", slug)
+    assert enable(cli, slug, text).returncode == 0
+    without = cli("key", "disable", "--org", slug)
     assert without.returncode != 0
     assert "--i-understand" in without.stderr
-    assert status(cli_env, slug)["byok_enabled"] is True
-    done = run_cli(cli_env, "key", "disable", "--org", slug, "--i-understand")
+    assert status(cli, slug)["byok_enabled"] is True
+    done = cli("key", "disable", "--org", slug, "--i-understand")
     assert done.returncode == 0, done.stderr
-    after = status(cli_env, slug)
+    after = status(cli, slug)
     assert after["byok_enabled"] is False
     assert {k["fingerprint"]: k["state"] for k in after["keys"]}[fp] == "decrypt_only"
-    api = Api(app, orgs["a"]["id"])
+    api = Api.for_org(app, orgs["a"]["id"])
     msg = api.message(api.conversation(), "after disable")
     assert key_id_of(app, Message, msg) in platform_key_ids(app, orgs["a"]["id"])
     disabled = cli_events(app, "BYOK.disabled", orgs["a"]["id"], "success")
@@ -182,40 +171,38 @@ def test_key_disable_needs_i_understand_then_new_data_uses_a_platform_key(app, c
 
 
 @pytest.mark.parametrize("tier", ["dedicated", "on_prem"])
-def test_key_disable_is_refused_where_byok_is_required(app, cli_env, password_hash, tier):
+def test_key_disable_is_refused_where_byok_is_required(app, cli, password_hash, tier):
     org = add_org(app, password_hash, tier)
     _, text, fp = new_key()
-    assert enable(cli_env, org["slug"], text).returncode == 0
-    refused = run_cli(cli_env, "key", "disable", "--org", org["slug"], "--i-understand")
+    assert enable(cli, org["slug"], text).returncode == 0
+    refused = cli("key", "disable", "--org", org["slug"], "--i-understand")
     assert refused.returncode == 1
     assert REQUIRED_MESSAGE in refused.stderr
-    assert status(cli_env, org["slug"])["active_fingerprint"] == fp
+    assert status(cli, org["slug"])["active_fingerprint"] == fp
 
 
-def test_key_lost_then_restore_from_stdin_accepts_only_a_key_the_organisation_had(
-    app, cli_env, orgs
-):
+def test_key_lost_then_restore_from_stdin_accepts_only_a_key_the_organisation_had(app, cli, orgs):
     slug = orgs["a"]["slug"]
     _, text, fp = new_key()
-    assert enable(cli_env, slug, text).returncode == 0
-    api = Api(app, orgs["a"]["id"])
+    assert enable(cli, slug, text).returncode == 0
+    api = Api.for_org(app, orgs["a"]["id"])
     conv = api.conversation()
     api.message(conv, "kept")
-    needs_flag = run_cli(cli_env, "key", "lost", "--org", slug)
+    needs_flag = cli("key", "lost", "--org", slug)
     assert needs_flag.returncode != 0 and "--i-understand" in needs_flag.stderr
-    lost = run_cli(cli_env, "key", "lost", "--org", slug, "--i-understand")
+    lost = cli("key", "lost", "--org", slug, "--i-understand")
     assert lost.returncode == 0, lost.stderr
     assert api.bodies(conv)[0]["status"] == "unreadable"
     _, stranger, stranger_fp = new_key()
-    wrong = run_cli(cli_env, "key", "restore", "--org", slug, stdin=stranger + "\n")
+    wrong = cli("key", "restore", "--org", slug, stdin=stranger + "\n")
     assert wrong.returncode == 1
     assert f"No key of your organisation has fingerprint {stranger_fp}" in wrong.stderr
     assert stranger not in wrong.stderr
-    right = run_cli(cli_env, "key", "restore", "--org", slug, stdin=text + "\n")
+    right = cli("key", "restore", "--org", slug, stdin=text + "\n")
     assert right.returncode == 0, right.stderr
     assert fp in right.stdout
     assert api.bodies(conv) == ["kept"]
-    assert status(cli_env, slug)["active_fingerprint"] == fp
+    assert status(cli, slug)["active_fingerprint"] == fp
     assert len(cli_events(app, "encryption_key.declared_lost", orgs["a"]["id"], "success")) == 1
     refused = cli_events(app, "encryption_key.declared_lost", orgs["a"]["id"], "failure")
     assert [json.loads(e.details) for e in refused] == [{"reason": "not_acknowledged"}]
@@ -224,24 +211,22 @@ def test_key_lost_then_restore_from_stdin_accepts_only_a_key_the_organisation_ha
     assert len(cli_events(app, "encryption_key.restored", orgs["a"]["id"])) == 1
 
 
-def test_key_revoke_destroys_the_sealed_copy_until_key_restore(app, cli_env, orgs):
+def test_key_revoke_destroys_the_sealed_copy_until_key_restore(app, cli, orgs):
     slug = orgs["a"]["slug"]
     key, text, fp = new_key()
-    assert enable(cli_env, slug, text).returncode == 0
-    api = Api(app, orgs["a"]["id"])
+    assert enable(cli, slug, text).returncode == 0
+    api = Api.for_org(app, orgs["a"]["id"])
     conv = api.conversation()
     api.message(conv, "before")
-    revoked = run_cli(cli_env, "key", "revoke", "--org", slug)
+    revoked = cli("key", "revoke", "--org", slug)
     assert revoked.returncode == 0, revoked.stderr
     assert key_by_fp(app, orgs["a"]["id"], fp).sealed is None
-    assert {k["fingerprint"]: k["state"] for k in status(cli_env, slug)["keys"]}[fp] == (
-        "unavailable"
-    )
+    assert {k["fingerprint"]: k["state"] for k in status(cli, slug)["keys"]}[fp] == ("unavailable")
     assert api.bodies(conv)[0]["status"] == "unreadable"
     assert api.post_message(conv, "blocked").status_code == 503
-    again = run_cli(cli_env, "key", "revoke", "--org", slug)
+    again = cli("key", "revoke", "--org", slug)
     assert again.returncode == 1 and "no BYOK key to revoke" in again.stderr
-    restored = run_cli(cli_env, "key", "restore", "--org", slug, stdin=text)
+    restored = cli("key", "restore", "--org", slug, stdin=text)
     assert restored.returncode == 0, restored.stderr
     assert api.bodies(conv) == ["before"]
     assert len(cli_events(app, "encryption_key.revoked", orgs["a"]["id"], "success")) == 1
@@ -250,18 +235,16 @@ def test_key_revoke_destroys_the_sealed_copy_until_key_restore(app, cli_env, org
     assert scan_database(app, [key]) == []
 
 
-def test_cli_and_web_wizard_share_state_and_the_password_is_not_needed_on_the_cli(
-    app, cli_env, orgs
-):
+def test_cli_and_web_wizard_share_state_and_the_password_is_not_needed_on_the_cli(app, cli, orgs):
     """The CLI is for operators with access to the installation: no portal password."""
     slug = orgs["a"]["slug"]
     wizard = sign_in(app, orgs["users"]["admin_a"])
     _, text, fp = new_key()
     wizard.enable_ok(text)
-    assert status(cli_env, slug)["active_fingerprint"] == fp
-    assert run_cli(cli_env, "key", "revoke", "--org", slug).returncode == 0
+    assert status(cli, slug)["active_fingerprint"] == fp
+    assert cli("key", "revoke", "--org", slug).returncode == 0
     html = wizard.page()
     assert "restore-form" in html
     restored = wizard.post("restore", {"key": text, "password": PASSWORD})
     assert restored.status_code == 200
-    assert status(cli_env, slug)["active_fingerprint"] == fp
+    assert status(cli, slug)["active_fingerprint"] == fp

@@ -10,23 +10,20 @@ from __future__ import annotations
 import base64
 import json
 
-import pytest
-
 from portal import crypto
-from tests.conftest import PASSWORD, run_cli
-from tests.rotation_helpers import b64, enable_byok, run_worker, seed
-from tests.test_wizard import (
+from tests.support.html import feedback
+from tests.support.leaks import key_forms, scan_database
+from tests.support.rotation import b64, enable_byok, run_worker, seed
+from tests.support.web import PASSWORD
+from tests.support.wizard import (  # noqa: F401 - fixtures
     REQUIRED_MESSAGE,
     add_org,
-    admin,  # noqa: F401 - fixture
-    app_config,  # noqa: F401 - fixture
-    deployment,  # noqa: F401 - fixture
+    admin,
+    app_config,
+    deployment,
     events,
-    feedback,
     key_by_fp,
-    key_forms,
     new_key,
-    scan_database,
     sign_in,
 )
 
@@ -72,12 +69,6 @@ def rotate_post(wizard, step: str, data: dict):
         data=data,
         headers={"HX-Request": "true", "X-CSRFToken": wizard.token},
     )
-
-
-@pytest.fixture
-def cli_env(cli_env) -> dict:
-    """The shared CLI environment, pinned to the shared deployment mode."""
-    return {**cli_env, "BYOK_DEPLOYMENT": "shared"}
 
 
 # --- Test Keys (rotation) with a wrong current key -----------------------------------------
@@ -134,13 +125,11 @@ def test_perform_rotation_refusals_are_audited(app, admin, orgs):  # noqa: F811
     assert_no_key_in_events(app, org_id, [current, wrong, fresh])
 
 
-def test_cli_rotate_with_a_wrong_current_key_is_an_audited_failure(app, cli_env, orgs):
+def test_cli_rotate_with_a_wrong_current_key_is_an_audited_failure(app, cli, orgs):
     org_id = orgs["a"]["id"]
     current = enable_byok(app, org_id)
     wrong, new = crypto.generate_key(), crypto.generate_key()
-    result = run_cli(
-        cli_env, "key", "rotate", "--org", orgs["a"]["slug"], stdin=f"{b64(wrong)}\n{b64(new)}\n"
-    )
+    result = cli("key", "rotate", "--org", orgs["a"]["slug"], stdin=f"{b64(wrong)}\n{b64(new)}\n")
     assert result.returncode == 1 and "not the active key" in result.stderr
     refused = [e for e in events(app, "BYOK.rotation_started", org_id) if e.outcome == "failure"]
     assert [(e.actor_type, json.loads(e.details)) for e in refused] == [
@@ -154,17 +143,17 @@ def test_cli_rotate_with_a_wrong_current_key_is_an_audited_failure(app, cli_env,
 
 def _retired_key(app, org_id) -> tuple[bytes, bytes]:
     """Rotate the organisation's BYOK key to a new one; return (retired key, active key)."""
-    from jobs.rotation import enqueue_ranges
     from portal.db import get_session
     from portal.models import Organization
-    from portal.rotation import service
+    from portal.rotation.queue import enqueue_ranges
+    from portal.rotation.start import start_rotation
 
     old = enable_byok(app, org_id)
     seed(app, org_id, conversations=1, messages=2, attachments=0)
     new = crypto.generate_key()
     with app.app_context():
         db = get_session()
-        run = service.start_rotation(db, db.get(Organization, org_id), "cli", b64(old), b64(new))
+        run = start_rotation(db, db.get(Organization, org_id), "cli", b64(old), b64(new))
         db.commit()
         run_id = run.id
     enqueue_ranges(app, run_id)
@@ -197,13 +186,13 @@ def test_restore_of_a_retired_or_16_byte_key_is_an_audited_failure(app, admin, o
     assert_no_key_in_events(app, org_id, [retired, active, b"\x02" * 16], [AES128])
 
 
-def test_cli_restore_of_a_retired_or_16_byte_key_is_an_audited_failure(app, cli_env, orgs):
+def test_cli_restore_of_a_retired_or_16_byte_key_is_an_audited_failure(app, cli, orgs):
     org_id = orgs["a"]["id"]
     retired, active = _retired_key(app, org_id)
     slug = orgs["a"]["slug"]
-    again = run_cli(cli_env, "key", "restore", "--org", slug, stdin=b64(retired) + "\n")
+    again = cli("key", "restore", "--org", slug, stdin=b64(retired) + "\n")
     assert again.returncode == 1 and "is retired" in again.stderr
-    short = run_cli(cli_env, "key", "restore", "--org", slug, stdin=AES128 + "\n")
+    short = cli("key", "restore", "--org", slug, stdin=AES128 + "\n")
     assert short.returncode == 1 and "AES-128" in short.stderr
     refused = [e for e in events(app, "encryption_key.restore", org_id) if e.outcome == "failure"]
     assert [(e.actor_type, json.loads(e.details)["reason"]) for e in refused] == [
@@ -229,15 +218,15 @@ def test_refused_disable_on_dedicated_is_audited(app, password_hash):
 
 
 def test_cli_refused_disable_on_dedicated_and_without_i_understand_is_audited(
-    app, cli_env, password_hash
+    app, cli, password_hash
 ):
     org = add_org(app, password_hash, "dedicated")
     key = enable_byok(app, org["id"])
-    refused = run_cli(cli_env, "key", "disable", "--org", org["slug"], "--i-understand")
+    refused = cli("key", "disable", "--org", org["slug"], "--i-understand")
     assert refused.returncode == 1 and REQUIRED_MESSAGE in refused.stderr
     community = add_org(app, password_hash, "org_community")
     other = enable_byok(app, community["id"])
-    no_flag = run_cli(cli_env, "key", "disable", "--org", community["slug"])
+    no_flag = cli("key", "disable", "--org", community["slug"])
     assert no_flag.returncode == 1 and "--i-understand" in no_flag.stderr
     for company, reason in ((org["id"], "byok_required"), (community["id"], "not_acknowledged")):
         found = [e for e in events(app, "BYOK.disabled", company) if e.outcome == "failure"]

@@ -7,6 +7,7 @@ import time
 from flask import current_app, session
 from flask_login import current_user
 
+from portal.audit.actions import Action
 from portal.auth.passwords import verify_password
 from portal.db import get_session
 from portal.events import emit
@@ -22,14 +23,17 @@ def is_fresh() -> bool:
 
 
 def confirm(password: str | None) -> str | None:
-    """Check re-authentication; return an error message for the password field, or None."""
+    """Check re-authentication; return an error message for the password field, or None.
+
+    A wrong password is an audit event in the caller's transaction: the wizard runs this in
+    ``key_operation``, which keeps it whether or not the step goes on.
+    """
     if is_fresh() and not password:
         return None
     if not password:
         return REAUTH_MESSAGE
     if not verify_password(current_user.password_hash, password):
-        emit(get_session(), "auth.reauth_failed", outcome="failure", actor=current_user)
-        get_session().commit()
+        emit(get_session(), Action.REAUTH_FAILED, outcome="failure", actor=current_user)
         return WRONG_PASSWORD
     session["reauth_at"] = time.time()
     return None

@@ -1,0 +1,50 @@
+"""Running the portal: the web server, the workers and the demo (no app context needed)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from portal.demo import DEFAULT_ITEMS as DEMO_ITEMS
+
+
+@click.command()
+@click.option("--bind", default="127.0.0.1:8000", show_default=True)
+@click.option("--workers", type=int, default=None, help="Defaults to 2 x CPUs + 1.")
+def serve(bind: str, workers: int | None) -> None:
+    """Serve the portal with gunicorn."""
+    from portal.serving import run_gunicorn
+
+    run_gunicorn(bind, workers or (2 * (os.cpu_count() or 1) + 1))
+
+
+@click.command()
+@click.option("--count", type=int, default=1, show_default=True, help="Worker processes.")
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+def worker(count: int, burst: bool) -> None:
+    """Run RQ workers on REDIS_URL."""
+    from portal.serving import run_workers
+
+    run_workers(count, burst)
+
+
+@click.command()
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--items",
+    type=click.IntRange(0, 1_000_000),
+    default=DEMO_ITEMS,
+    show_default=True,
+    help="Items seeded for Acme Org Community, which can switch BYOK on with data in place, "
+    "when it is created (the default keeps a rotation's progress on screen for about 20 s).",
+)
+def demo(port: int, host: str, items: int) -> None:
+    """Set up demo organisations and users, then serve the portal with a worker."""
+    from portal.demo import run_demo
+
+    run_demo(host, port, items)
+
+
+COMMANDS = (serve, worker, demo)
