@@ -8,6 +8,18 @@ import re
 from pathlib import Path
 
 import pytest
+from flask import Flask
+from rq.job import Job
+from sqlalchemy import select
+
+from portal import crypto
+from portal.db import get_session
+from portal.models import Organization
+from portal.redis_conn import connect
+from portal.rotation.models import RotationRange
+from portal.rotation.queue import app_queue, enqueue_ranges
+from portal.rotation.start import start_rotation
+from tests.support.rotation import b64, enable_byok, seed
 
 ROOT = Path(__file__).resolve().parent.parent
 # A dotted job name in portal's source: what RQ stores and resolves in the worker.
@@ -122,3 +134,30 @@ def test_portal_enqueues_the_rotation_and_audit_jobs_by_name() -> None:
 def test_every_job_name_portal_enqueues_is_a_function_in_jobs(name: str) -> None:
     module, _, function = name.rpartition(".")
     assert callable(getattr(importlib.import_module(module), function, None)), name
+
+
+def test_queued_rotation_jobs_keep_the_names_and_plain_arguments_of_before(
+    app: Flask, orgs: dict
+) -> None:
+    # Jobs already in Redis from before the move name these functions with these arguments:
+    # they must go on resolving, and nothing but ids may be in them.
+    org_id = orgs["a"]["id"]
+    old = enable_byok(app, org_id)
+    seed(app, org_id, conversations=1, messages=2, attachments=1)
+    with app.app_context():
+        db = get_session()
+        org = db.get(Organization, org_id)
+        run = start_rotation(db, org, "cli", b64(old), b64(crypto.generate_key()))
+        db.commit()
+        ranges = set(db.scalars(select(RotationRange.id).where(RotationRange.run_id == run.id)))
+    assert enqueue_ranges(app, run.id) == len(ranges)
+    queue = app_queue(app)
+    jobs = [queue.fetch_job(job_id) for job_id in queue.job_ids]
+    assert {(j.func_name, j.args[0]) for j in jobs} == {
+        ("jobs.rotation.process_range", str(run.id))
+    }
+    assert {j.args[1] for j in jobs} == ranges and all(len(j.args) == 2 for j in jobs)
+    watchdog = Job.fetch(
+        f"rotation-watchdog-{run.id}", connection=connect(app), serializer=queue.serializer
+    )
+    assert (watchdog.func_name, watchdog.args) == ("jobs.rotation.watchdog", [str(run.id)])
