@@ -69,12 +69,13 @@ def init_app(app: Flask) -> None:
 
 def _audit_denial(endpoint: str | None) -> None:
     """Record a signed-in user's attempt to open a page their role may not open."""
+    from portal.audit.actions import Action
     from portal.events import emit
 
     db = get_session()
     emit(
         db,
-        "auth.access_denied",
+        Action.ACCESS_DENIED,
         outcome="denied",
         actor=current_user._get_current_object(),
         details={"endpoint": endpoint or ""},
