@@ -37,9 +37,14 @@ def org_or_fail(session: Session, slug: str) -> Organization:
         raise CliError(str(exc)) from None
 
 
+def stdin_is_terminal() -> bool:
+    """Tell whether standard input is a terminal (someone typing) rather than a pipe."""
+    return sys.stdin.isatty()
+
+
 def read_secret(prompt: str) -> str:
     """Read a secret: a hidden prompt on a terminal, else standard input (never an argument)."""
-    if sys.stdin.isatty():
+    if stdin_is_terminal():
         return click.prompt(prompt, hide_input=True, prompt_suffix=": ", err=True)
     return sys.stdin.read()
 

@@ -13,6 +13,7 @@ from flask.cli import AppGroup
 from sqlalchemy.orm import Session
 
 from portal.audit.actions import Action
+from portal.cli import common
 from portal.cli.common import ACTOR, CliError, db, org_or_fail, read_secret
 from portal.keys.errors import KeyOperationError, audit_refusal
 from portal.keys.transaction import key_operation
@@ -185,7 +186,7 @@ def key_lost(org_slug: str, understood: bool) -> None:
 
 def rotation_keys() -> tuple[str, str]:
     """Read the current and the new key: two hidden prompts, or two lines of standard input."""
-    if sys.stdin.isatty():
+    if common.stdin_is_terminal():
         return read_secret("Current key"), read_secret("New key")
     lines = sys.stdin.read().splitlines()
     if len(lines) < 2:
