@@ -2,8 +2,7 @@
 
 Each batch is one transaction: the rewritten rows and the range's checkpoint commit together,
 so a crash at any point leaves every item readable and the checkpoint consistent with them.
-Any kind of the registry (portal.chat.kinds) works: its table, ciphertext columns, their
-associated-data names and an optional size column are all the engine needs.
+Any kind of the registry (portal.chat.kinds) works: its table and columns are all it needs.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from portal.db import utcnow
 from portal.rotation.models import RotationFailure
 
 NO_ID = uuid.UUID(int=0)
+Bound = uuid.UUID | None  # a range's bound or checkpoint (None: unbounded, or from the start)
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Dialect:
         return ", ".join([self.mark] * n)
 
 
-def _where(d: Dialect, kind: Kind, old_keys: Sequence[str], lo, hi) -> tuple[str, list]:
+def _where(d: Dialect, old_keys: Sequence[str], lo: Bound, hi: Bound) -> tuple[str, list]:
     """The filter of a range's remaining items under the old keys (after the cursor)."""
     sql = f"company_id = {d.mark} AND key_id IN ({d.marks(len(old_keys))}) AND id > {d.mark}"
     extra: list = []
@@ -77,15 +77,15 @@ def select_batch(
     kind: Kind,
     company_id: uuid.UUID,
     old_keys: Sequence[str],
-    cursor: uuid.UUID | None,
-    lo: uuid.UUID | None,
-    hi: uuid.UUID | None,
+    cursor: Bound,
+    lo: Bound,
+    hi: Bound,
     max_rows: int,
     max_bytes: int,
 ) -> list[tuple]:
     """Read the next rows still under an old key, bounded by rows and by bytes."""
     d = Dialect(conn)
-    where, extra = _where(d, kind, old_keys, lo, hi)
+    where, extra = _where(d, old_keys, lo, hi)
     params = [d.uid(company_id), *old_keys, d.uid(cursor or NO_ID), *extra]
     cols = ", ".join(kind.ct_columns)
     fetch = _fetch_binary if d.pg else _fetch
@@ -229,9 +229,9 @@ def run_batch(
     old_keys: Sequence[str],
     new_key: str,
     ring: crypto.Keyring,
-    cursor,
-    lo,
-    hi,
+    cursor: Bound,
+    lo: Bound,
+    hi: Bound,
     max_rows: int,
     max_bytes: int,
 ) -> BatchResult:
