@@ -10,13 +10,9 @@ from sqlalchemy import update
 
 from portal import create_app
 from portal.chat.models import Attachment
-from tests.api_helpers import API, Api, make_token
+from tests.support.api import API, Api, make_token
 
 
-@pytest.fixture
-def api(app, orgs) -> Api:
-    """A client of organisation A's data API."""
-    return Api(app.test_client(), make_token(app, orgs["a"]["id"]))
 
 
 def test_every_get_endpoint_answers_cache_control_no_store(app, api):

@@ -14,13 +14,9 @@ from portal.chat import service
 from portal.chat.models import Conversation
 from portal.db import get_session
 from portal.keys.service import encrypting_keyring
-from tests.api_helpers import API, Api, assert_error, make_token
+from tests.support.api import API, Api, assert_error, make_token
 
 
-@pytest.fixture
-def api(app: Flask, orgs: dict) -> Api:
-    """A client of organisation A's data API."""
-    return Api(app.test_client(), make_token(app, orgs["a"]["id"]))
 
 
 def nested(levels: int) -> dict:

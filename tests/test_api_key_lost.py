@@ -13,8 +13,8 @@ from portal.db import get_session
 from portal.keys import operations as ops
 from portal.models import Organization
 from portal.orgs import create_org
-from tests.api_helpers import Api, assert_error, make_token
-from tests.rotation_helpers import b64, enable_byok
+from tests.support.api import Api, assert_error, make_token
+from tests.support.rotation import b64, enable_byok
 
 
 def dedicated_org(app: Flask, tier: str) -> tuple[uuid.UUID, str]:

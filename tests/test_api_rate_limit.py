@@ -10,7 +10,7 @@ import redis
 
 from portal.chat.models import ApiToken
 from portal.db import get_session
-from tests.api_helpers import API, make_token
+from tests.support.api import API, make_token
 
 SPELLINGS = [
     "Bearer {t}",

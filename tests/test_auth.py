@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import PASSWORD, csrf_token, login
+from tests.support.web import PASSWORD, csrf_token, login
 
 
 def test_login_page_has_email_and_password_fields(client):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import start_demo, stop_demo
+from tests.support.processes import start_demo, stop_demo
 
 pytestmark = pytest.mark.browser
 

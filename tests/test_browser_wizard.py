@@ -18,13 +18,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from tests.test_wizard import INVALID_KEYS, fp_of
+from tests.support.browser import ACME, VIEWPORT, enable_by_mouse, open_compliance
+from tests.support.wizard import INVALID_KEYS, fp_of
 
 pytestmark = pytest.mark.browser
 
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-VIEWPORT = {"width": 1200, "height": 900}
-ACME = "admin@acme-org-community.example"
 GLOBEX = "admin@globex-dedicated.example"
 INITECH = "admin@initech-on-premise.example"
 
@@ -37,19 +36,6 @@ def context(browser, demo_server):
     ctx.set_default_timeout(15_000)
     yield ctx
     ctx.close()
-
-
-def open_compliance(context, demo, email: str) -> Page:
-    """Sign in through the login form and open Compliance Policies from the navigation."""
-    assert email in demo.logins, "".join(demo.output)
-    page = context.new_page()
-    page.goto(f"{demo.url}/login")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(demo.logins[email])
-    page.get_by_role("button", name="Sign in").click()
-    page.get_by_role("link", name="Compliance Policies").first.click()
-    page.wait_for_url("**/settings/compliance")
-    return page
 
 
 def shot(page: Page, name: str, focus: str | None = None) -> None:
@@ -76,19 +62,6 @@ def storage(page: Page) -> str:
     return page.evaluate(
         "() => JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage)])"
     )
-
-
-def enable_by_mouse(page: Page, text: str, password: str | None = None) -> str:
-    """Paste a key, Test Key, Save & Enable; return the fingerprint shown as active."""
-    page.locator("#enable-key").fill(text)
-    page.get_by_role("button", name="Test Key").click()
-    tested = page.get_by_test_id("tested-fingerprint")
-    expect(tested).to_be_visible()
-    if password:
-        page.locator("#enable-password").fill(password)
-    page.get_by_role("button", name="Save & Enable").click()
-    expect(page.get_by_test_id("byok-state")).to_have_text("On")
-    return page.get_by_test_id("active-fingerprint").inner_text()
 
 
 def test_generate_copy_paste_test_and_enable_with_the_keyboard_alone(context, demo_server):
@@ -282,7 +255,7 @@ def bfcache_context(browser, demo_server):
     Playwright turns the cache off by default; a page restored from it would show whatever
     it held when it was left, so this is where a shown-once key could come back.
     """
-    from tests.conftest import CHROMIUM, CHROMIUM_ARGS
+    from tests.support.processes import CHROMIUM, CHROMIUM_ARGS
 
     own = browser.browser_type.launch(
         executable_path=str(CHROMIUM),

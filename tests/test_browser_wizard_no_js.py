@@ -12,7 +12,7 @@ import secrets
 import pytest
 from playwright.sync_api import expect
 
-from tests.test_wizard import fp_of
+from tests.support.wizard import fp_of
 
 pytestmark = pytest.mark.browser
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import free_port
+from tests.support.processes import free_port
 
 START_SECONDS = 90  # a demo start on two shared cores, seeding included
 STOP_SECONDS = 45

@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from tests.conftest import PASSWORD, csrf_token, login
+from tests.support.web import PASSWORD, csrf_token, login
 
 WERKZEUG_403 = "read-protected or not readable by the server"
 

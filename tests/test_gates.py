@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import random_id
+from tests.support.web import random_id
 
 PAGES = ["/", "/settings/compliance", "/settings/audit", "/settings/members", "/rotations"]
 # Expected status per role for each page: 200 allowed, 403 forbidden.

@@ -13,7 +13,7 @@ from portal.chat import service as chat
 from portal.db import get_session
 from portal.keys import operations as ops
 from portal.models import Organization
-from tests.rotation_helpers import b64, enable_byok
+from tests.support.rotation import b64, enable_byok
 
 PAGE = "/settings/compliance"
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from portal.audit.models import AuditEvent
 from portal.db import get_session
 from portal.events import PLATFORM_CHAIN
-from tests.conftest import csrf_token, login
+from tests.support.web import csrf_token, login
 
 
 def _failed(app) -> list[AuditEvent]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import PASSWORD, csrf_token
+from tests.support.web import PASSWORD, csrf_token
 
 # Each of these, in a browser's Location, leaves the site, runs script, or is not a plain
 # path inside the portal.

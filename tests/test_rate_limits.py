@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from tests.conftest import csrf_token, login
+from tests.support.web import csrf_token, login
 
 
 def _test_key(client) -> int:

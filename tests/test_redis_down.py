@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.conftest import csrf_token, free_port, login, require_or_skip
+from tests.support.processes import free_port
+from tests.support.web import csrf_token, login, require_or_skip
 
 
 @pytest.fixture

@@ -9,28 +9,10 @@ import pytest
 from portal import crypto
 from portal.db import get_session
 from portal.rotation.models import RotationRun
-from tests.conftest import PASSWORD, csrf_token
-from tests.rotation_helpers import b64, enable_byok, run_worker, seed
-
-
-def _hx(client, path="/settings/compliance"):
-    """htmx headers with the session's CSRF token."""
-    return {"HX-Request": "true", "X-CSRFToken": csrf_token(client, path)}
-
-
-def _start_via_wizard(client, old: bytes, new: bytes):
-    """Test Keys, then Perform Rotation, as the wizard does."""
-    headers = _hx(client)
-    data = {"current_key": b64(old), "new_key": b64(new) + "\n"}
-    tested = client.post("/settings/compliance/rotate/test", data=data, headers=headers)
-    assert tested.status_code == 200, tested.get_data(as_text=True)
-    fp = re.search(r'name="tested_fingerprint" value="([^"]+)"', tested.get_data(as_text=True))
-    assert fp and fp.group(1) == crypto.fingerprint(crypto.key_id(new))
-    return client.post(
-        "/settings/compliance/rotate/start",
-        data={**data, "tested_fingerprint": fp.group(1), "password": PASSWORD},
-        headers=headers,
-    )
+from tests.support.rotation import b64, enable_byok, run_worker, seed
+from tests.support.rotation import hx_headers as _hx
+from tests.support.rotation import start_via_wizard as _start_via_wizard
+from tests.support.web import PASSWORD, csrf_token
 
 
 def test_rotation_from_the_wizard_runs_to_completion_and_polling_stops(app, login_as, orgs):
@@ -206,7 +188,7 @@ def test_role_and_tenant_matrix_on_rotation_routes(
 ):
     old = enable_byok(app, orgs["a"]["id"])
     admin = app.test_client()
-    from tests.conftest import login
+    from tests.support.web import login
 
     login(admin, orgs["users"]["admin_a"])
     run_url = _start_via_wizard(admin, old, crypto.generate_key()).headers["HX-Redirect"]
@@ -223,7 +205,7 @@ def test_support_sees_every_organisations_runs_but_no_content(app, login_as, org
     old = enable_byok(app, orgs["a"]["id"])
     seed(app, orgs["a"]["id"], conversations=1, messages=2)
     admin = app.test_client()
-    from tests.conftest import login
+    from tests.support.web import login
 
     login(admin, orgs["users"]["admin_a"])
     run_url = _start_via_wizard(admin, old, crypto.generate_key()).headers["HX-Redirect"]

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.conftest import PASSWORD, csrf_token, login
+from tests.support.web import PASSWORD, csrf_token, login
 
 PAGES = [
     "/login",

@@ -9,7 +9,7 @@ import pytest
 
 from portal.config import Config, ConfigError
 from portal.serving import warm_templates
-from tests.fault_helpers import WorkerGroup, _session_members, private_queue, process_env
+from tests.support.faults import WorkerGroup, _session_members, private_queue, process_env
 
 
 def _nice(pid: int) -> int:

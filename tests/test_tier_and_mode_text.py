@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.conftest import login
+from tests.support.web import login
 
 CASES = [
     # (deployment mode, tier, whether the page must explain the pair)

@@ -7,18 +7,9 @@ paste; a key that did not pass is not echoed.
 
 from __future__ import annotations
 
-from tests.conftest import PASSWORD
-from tests.test_wizard import (
-    PAGE,
-    admin,  # noqa: F401 - fixture
-    app_config,  # noqa: F401 - fixture
-    by_testid,
-    deployment,  # noqa: F401 - fixture
-    feedback,
-    key_by_fp,
-    new_key,
-    parse_html,
-)
+from tests.support.html import by_testid, feedback, parse_html
+from tests.support.web import PASSWORD
+from tests.support.wizard import PAGE, admin, app_config, deployment, key_by_fp, new_key  # noqa: F401 - fixtures
 
 
 def field_value(html: str, field_id: str) -> str:

@@ -9,16 +9,16 @@ from __future__ import annotations
 import base64
 import json
 
-from tests.conftest import PASSWORD
-from tests.test_wizard import (
-    admin,  # noqa: F401 - fixture
-    app_config,  # noqa: F401 - fixture
-    deployment,  # noqa: F401 - fixture
+from tests.support.html import parse_html
+from tests.support.leaks import key_forms
+from tests.support.web import PASSWORD
+from tests.support.wizard import (  # noqa: F401 - fixtures
+    admin,
+    app_config,
+    deployment,
     events,
     key_by_fp,
-    key_forms,
     new_key,
-    parse_html,
     session_cookie,
 )
 

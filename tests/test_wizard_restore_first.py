@@ -8,18 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_wizard import (
-    PAGE,
-    Api,
-    add_org,
-    admin,  # noqa: F401 - fixture
-    app_config,  # noqa: F401 - fixture
-    by_testid,
-    deployment,  # noqa: F401 - fixture
-    new_key,
-    parse_html,
-    sign_in,
-)
+from tests.support.api import Api
+from tests.support.html import by_testid, parse_html
+from tests.support.wizard import PAGE, add_org, admin, app_config, deployment, new_key, sign_in  # noqa: F401 - fixtures
 
 
 def section_order(html: str) -> list[str]:
@@ -31,7 +22,7 @@ def section_order(html: str) -> list[str]:
 def test_restore_is_above_enable_after_the_key_is_declared_lost(app, admin, orgs):  # noqa: F811
     _, text, _ = new_key()
     admin.enable_ok(text)
-    api = Api(app, orgs["a"]["id"])
+    api = Api.for_org(app, orgs["a"]["id"])
     api.message(api.conversation(), "kept")
     assert section_order(admin.page()) == ["rotate-form"]
     lost = admin.confirm("lost", orgs["a"]["slug"])

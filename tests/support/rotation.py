@@ -1,12 +1,14 @@
-"""Shared set-up for rotation tests: an organisation with BYOK on and seeded data."""
+"""Rotation set-up: an organisation with BYOK on, seeded data, runs started and worked off."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import uuid
 
 from flask import Flask
+from flask.testing import FlaskClient
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 from sqlalchemy import select
@@ -17,8 +19,9 @@ from portal.chat.models import Attachment, Conversation, Message
 from portal.db import get_session
 from portal.keys import operations as ops
 from portal.models import Organization
-from portal.redis_conn import connect
-from portal.serving import make_queue
+from portal.redis_conn import connect, make_queue
+from portal.rotation.start import start_rotation
+from tests.support.web import PASSWORD, csrf_token
 
 
 def b64(key: bytes) -> str:
@@ -99,11 +102,44 @@ def key_ids(app: Flask, org_id: uuid.UUID) -> set[str]:
 
 def run_worker(app: Flask) -> None:
     """Run queued jobs in this process until the queue is empty (RQ's testing pattern)."""
-    from jobs.context import set_app
+    from portal.worker_app import set_app
 
     set_app(app)
     connection = connect(app)
     queue = make_queue(connection, app.config["RQ_QUEUE"])
     SimpleWorker([queue], connection=connection, serializer=JSONSerializer).work(
         burst=True, with_scheduler=False
+    )
+
+
+def start_and_enqueue(app: Flask, org_id: uuid.UUID, current: bytes, new: bytes) -> uuid.UUID:
+    """Start a rotation through the service layer and enqueue its ranges."""
+    from portal.rotation.queue import enqueue_ranges
+
+    with app.app_context():
+        db = get_session()
+        run = start_rotation(db, db.get(Organization, org_id), "cli", b64(current), b64(new))
+        db.commit()
+        run_id = run.id
+    enqueue_ranges(app, run_id)
+    return run_id
+
+
+def hx_headers(client: FlaskClient, path: str = "/settings/compliance") -> dict[str, str]:
+    """htmx headers with the session's CSRF token."""
+    return {"HX-Request": "true", "X-CSRFToken": csrf_token(client, path)}
+
+
+def start_via_wizard(client: FlaskClient, old: bytes, new: bytes):
+    """Test Keys, then Perform Rotation, as the wizard does."""
+    headers = hx_headers(client)
+    data = {"current_key": b64(old), "new_key": b64(new) + "\n"}
+    tested = client.post("/settings/compliance/rotate/test", data=data, headers=headers)
+    assert tested.status_code == 200, tested.get_data(as_text=True)
+    fp = re.search(r'name="tested_fingerprint" value="([^"]+)"', tested.get_data(as_text=True))
+    assert fp and fp.group(1) == crypto.fingerprint(crypto.key_id(new))
+    return client.post(
+        "/settings/compliance/rotate/start",
+        data={**data, "tested_fingerprint": fp.group(1), "password": PASSWORD},
+        headers=headers,
     )

@@ -24,16 +24,18 @@ from flask import Flask
 from sqlalchemy import insert, select
 
 from portal import crypto
+from portal.chat import kinds
 from portal.chat.models import Attachment, Conversation, Message
 from portal.chat.service import ad
 from portal.db import get_session
 from portal.keys.models import OrgKey
 from portal.keys.service import encrypting_keyring
 from portal.models import Organization
-from portal.rotation import service
+from portal.rotation import controls
 from portal.rotation.models import RotationRange, RotationRun
+from portal.rotation.start import start_rotation
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Small batches, short slices and a quick watchdog, so a run of 20,000 items spans many
 # batches and slices (many places to be killed) and a dead worker is noticed within seconds.
@@ -118,6 +120,7 @@ class WorkerGroup:
     """``python -m portal.cli worker`` in a session of its own, with its output in a file."""
 
     def __init__(self, env: dict[str, str], log_dir: Path, name: str = "worker", count: int = 1):
+        """Remember the environment and where the workers log (nothing starts yet)."""
         self.env, self.count = env, count
         self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
         self.proc: subprocess.Popen | None = None
@@ -173,6 +176,7 @@ def worker_groups(log_dir: Path) -> Iterator[Callable[..., WorkerGroup]]:
     started: list[WorkerGroup] = []
 
     def start(env: dict[str, str], name: str = "worker", count: int = 1) -> WorkerGroup:
+        """Start a group of workers, killed when the test ends."""
         group = WorkerGroup(env, log_dir, name, count).start()
         started.append(group)
         return group
@@ -188,6 +192,7 @@ class PrivateRedis:
     """A real redis-server on a unix socket, with no persistence at all (a restart loses all)."""
 
     def __init__(self, folder: Path):
+        """Remember where the server keeps its socket (nothing starts yet)."""
         self.folder = folder
         self.socket = folder / "r.sock"
         self.url = f"unix://{self.socket}"
@@ -261,6 +266,7 @@ def bulk_seed(
         kid = ring.encrypting_key_id.hex()
 
         def seal(table: str, column: str, row_id: uuid.UUID, data: bytes) -> bytes:
+            """Encrypt a value for its place under the encrypting key."""
             return bytes(ring.encrypt(data, ad(org_id, table, column, row_id)))
 
         convs = []
@@ -338,13 +344,11 @@ def raw_digest(app: Flask, org_id: uuid.UUID) -> dict[str, str]:
 
 def start_run(app: Flask, org_id: uuid.UUID, current: bytes, new: bytes) -> uuid.UUID:
     """Start a rotation through the service layer (no jobs queued yet)."""
-    from tests.rotation_helpers import b64
+    from tests.support.rotation import b64
 
     with app.app_context():
         db = get_session()
-        run = service.start_rotation(
-            db, db.get(Organization, org_id), "cli", b64(current), b64(new)
-        )
+        run = start_rotation(db, db.get(Organization, org_id), "cli", b64(current), b64(new))
         db.commit()
         return run.id
 
@@ -376,7 +380,7 @@ def set_throttle(app: Flask, run_id: uuid.UUID, per_second: float | None) -> Non
     """Change the run's throttle (workers read it before every batch)."""
     with app.app_context():
         db = get_session()
-        service.set_throttle(db, db.get(RotationRun, run_id), per_second, "cli")
+        controls.set_throttle(db, db.get(RotationRun, run_id), per_second, "cli")
         db.commit()
 
 
@@ -444,17 +448,17 @@ def assert_rotated_intact(
     before: dict[str, str],
 ) -> None:
     """The run completed with nothing lost, changed or unreadable, and the old key is retired."""
-    from tests.rotation_helpers import key_ids, plaintext_digest
+    from tests.support.rotation import key_ids, plaintext_digest
 
     status = cli_status(env, run_id)
     assert status["state"] == "completed", diagnose(app, run_id)
-    assert status["failed"] == 0 and all(status[k]["failed"] == 0 for k in service.DATA_KINDS)
+    assert status["failed"] == 0 and all(status[k]["failed"] == 0 for k in kinds.KINDS)
     assert status["done"] == status["total"] == len(before), status
-    for kind in service.DATA_KINDS:
+    for kind in kinds.KINDS:
         assert status[kind]["done"] == status[kind]["total"], status
     with app.app_context():
         db = get_session()
-        assert service.failure_count(db, db.get(RotationRun, run_id)) == 0
+        assert controls.failure_count(db, db.get(RotationRun, run_id)) == 0
         old_row = db.scalar(select(OrgKey).where(OrgKey.key_id == crypto.key_id(old).hex()))
         assert old_row.state == "retired" and old_row.sealed is None
     assert key_ids(app, org_id) == {crypto.key_id(new).hex()}
