@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
 from sqlalchemy import update
 
 from portal import create_app
 from portal.chat.models import Attachment
-from tests.support.api import API, Api, make_token
-
-
+from tests.support.api import API, Api
 
 
 def test_every_get_endpoint_answers_cache_control_no_store(app, api):

@@ -17,8 +17,6 @@ from portal.keys.service import encrypting_keyring
 from tests.support.api import API, Api, assert_error, make_token
 
 
-
-
 def nested(levels: int) -> dict:
     """A metadata document whose objects nest ``levels`` deep ({} is one level)."""
     doc: dict = {}

@@ -15,8 +15,8 @@ import secrets
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.support.processes import start_demo, stop_demo
 from tests.support.browser import ACME, enable_by_mouse, open_compliance
+from tests.support.processes import start_demo, stop_demo
 
 pytestmark = pytest.mark.browser
 

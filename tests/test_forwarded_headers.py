@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import free_port
 from tests.support.faults import process_env
 from tests.support.nginx import start_process, stop_process, tail, wait_until
+from tests.support.processes import free_port
 
 
 @dataclass

@@ -36,8 +36,8 @@ from portal.chat.service import create_token
 from portal.crypto import DecryptionError, Keyring
 from portal.db import get_session
 from portal.keyformat import KeyFormatError, parse_key
-from tests.support.web import PASSWORD, csrf_token
 from tests.support.rotation import enable_byok, seed
+from tests.support.web import PASSWORD, csrf_token
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = settings(

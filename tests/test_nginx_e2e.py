@@ -31,11 +31,11 @@ from portal import create_app, crypto
 from portal.audit.models import AuditEvent
 from portal.db import get_session
 from portal.models import Organization
+from tests.support.nginx import NGINX, PREFIX, ProxiedPortal, cli, site_config, start_proxied_portal
 from tests.support.processes import CHROMIUM, CHROMIUM_ARGS, free_port
+from tests.support.rotation import key_ids, seed
 from tests.support.services import clean as _clean
 from tests.support.web import MASTER_KEY_B64, require_or_skip
-from tests.support.nginx import NGINX, PREFIX, cli, ProxiedPortal, site_config, start_proxied_portal
-from tests.support.rotation import key_ids, seed
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "docs" / "screenshots"

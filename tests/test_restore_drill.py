@@ -37,8 +37,8 @@ from portal.db import get_session
 from portal.keys import operations as ops
 from portal.models import Organization
 from tests.support.processes import run_cli
-from tests.support.web import PASSWORD, csrf_token, login, require_or_skip
 from tests.support.rotation import b64, enable_byok, plaintext_digest
+from tests.support.web import PASSWORD, csrf_token, login, require_or_skip
 
 API = "/api/v1"
 
