@@ -11,7 +11,6 @@ import time
 
 import pytest
 from sqlalchemy import event, func, select, text
-from tests.support.rotation import b64, enable_byok, key_ids, plaintext_digest, seed
 
 from portal import crypto
 from portal.chat.models import Attachment
@@ -20,17 +19,8 @@ from portal.models import Organization
 from portal.rotation.controls import set_throttle
 from portal.rotation.models import RotationRun
 from portal.rotation.start import start_rotation
-
-
-def _token(app, org_id) -> str:
-    """A data-API token of the organisation."""
-    from portal.chat.service import create_token
-
-    with app.app_context():
-        db = get_session()
-        token = create_token(db, org_id, "faults")
-        db.commit()
-        return token
+from tests.support.api import make_token as _token
+from tests.support.rotation import b64, enable_byok, key_ids, plaintext_digest, seed
 
 
 def test_an_attachment_write_on_a_full_disk_fails_cleanly_and_stores_nothing(app, orgs, services):

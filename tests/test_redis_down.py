@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from tests.support.api import make_token as _token
 from tests.support.processes import free_port
 from tests.support.web import csrf_token, login, require_or_skip
 
@@ -54,18 +55,6 @@ def app_on_own_redis(own_redis, app_config, services, request):
     yield app, orgs, proc
     # The app fixture empties Redis afterwards: point it at one that is still there.
     app.config["REDIS_URL"] = services.redis_url
-
-
-def _token(app, company_id) -> str:
-    """A data-API token of the organisation."""
-    from portal.chat.service import create_token
-    from portal.db import get_session
-
-    with app.app_context():
-        db = get_session()
-        token = create_token(db, company_id, "t")
-        db.commit()
-    return token
 
 
 def test_requests_are_served_while_redis_is_stopped(app_on_own_redis, caplog):

@@ -19,8 +19,6 @@ from urllib.parse import urlencode
 
 from flask import Flask
 from sqlalchemy import select
-from tests.support.nginx import start_process, stop_process, wait_until
-from tests.support.rotation import b64, enable_byok, run_worker, seed
 
 from portal import crypto
 from portal.chat.models import Message
@@ -31,7 +29,9 @@ from portal.rotation.models import RotationRun
 from portal.rotation.queue import enqueue_ranges
 from portal.rotation.start import start_rotation
 from portal.rotation.views import failures as failures_view
+from tests.support.nginx import start_process, stop_process, wait_until
 from tests.support.processes import free_port
+from tests.support.rotation import b64, enable_byok, run_worker, seed
 from tests.support.web import PASSWORD
 
 DAMAGED = 130  # more than the 100 the run page lists

@@ -14,7 +14,17 @@ from sqlalchemy.engine import make_url
 
 from portal import crypto
 from portal.rotation.queue import enqueue_ranges
-from tests.support.faults import bulk_seed, diagnose, done_items, private_queue, process_env, set_throttle, start_run, wait_for, worker_groups
+from tests.support.faults import (
+    bulk_seed,
+    diagnose,
+    done_items,
+    private_queue,
+    process_env,
+    set_throttle,
+    start_run,
+    wait_for,
+    worker_groups,
+)
 from tests.support.rotation import enable_byok
 
 APP_NAME = "byok-idle-tx-worker"

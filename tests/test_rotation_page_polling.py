@@ -12,9 +12,10 @@ from portal.db import get_session
 from portal.models import User
 from portal.rotation import controls
 from portal.rotation.models import RotationRun
-from tests.support.web import csrf_token
 from tests.support.rotation import enable_byok, seed
-from tests.support.rotation import hx_headers as _hx, start_via_wizard as _start_via_wizard
+from tests.support.rotation import hx_headers as _hx
+from tests.support.rotation import start_via_wizard as _start_via_wizard
+from tests.support.web import csrf_token
 
 
 def _running(app, login_as, orgs):

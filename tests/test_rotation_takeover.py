@@ -16,7 +16,19 @@ import pytest
 
 from portal import crypto
 from portal.rotation.queue import enqueue_ranges
-from tests.support.faults import assert_rotated_intact, bulk_seed, diagnose, private_queue, process_env, ranges, set_throttle, start_run, wait_for, wait_for_end, worker_groups
+from tests.support.faults import (
+    assert_rotated_intact,
+    bulk_seed,
+    diagnose,
+    private_queue,
+    process_env,
+    ranges,
+    set_throttle,
+    start_run,
+    wait_for,
+    wait_for_end,
+    worker_groups,
+)
 from tests.support.rotation import enable_byok, plaintext_digest
 
 TAKEOVER_SECONDS = 5.0
