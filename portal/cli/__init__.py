@@ -42,6 +42,8 @@ def main() -> None:
     """byok-portal: bring-your-own-key encryption key management."""
 
 
+# ``serve`` runs gunicorn; Werkzeug's development server (and its debugger) is not offered.
+main.commands.pop("run", None)
 for command in (*orgs.COMMANDS, *run.COMMANDS):
     main.add_command(command)
 for group in (keys.key, rotation.rotation, audit.audit, data.data):
