@@ -81,7 +81,8 @@ class RotationRunKind(Base):
     """A run's figures for one kind of encrypted data (a row per kind, not a column).
 
     ``total`` is what the run plans to move. ``done`` and ``failed`` are settled from the
-    ranges at each verification and at a cancel; while a run goes, progress sums the ranges.
+    ranges when the run ends (completed, failed or cancelled); while it goes, progress sums
+    the ranges.
     """
 
     __tablename__ = "rotation_run_kinds"
