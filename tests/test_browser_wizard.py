@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from tests.support.browser import ACME, VIEWPORT, enable_by_mouse, open_compliance
+from tests.support.browser import ACME, VIEWPORT, enable_by_mouse, open_compliance, shot
 from tests.support.wizard import INVALID_KEYS, fp_of
 
 pytestmark = pytest.mark.browser
 
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 GLOBEX = "admin@globex-dedicated.example"
 INITECH = "admin@initech-on-premise.example"
 
@@ -36,16 +35,6 @@ def context(browser, demo_server):
     ctx.set_default_timeout(15_000)
     yield ctx
     ctx.close()
-
-
-def shot(page: Page, name: str, focus: str | None = None) -> None:
-    """Save a 1200x900 screenshot, scrolled so that ``focus`` (a selector) is in view."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    if focus:
-        page.locator(focus).first.evaluate("e => e.scrollIntoView({block: 'center'})")
-    else:
-        page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(SHOTS / name))
 
 
 def tab_to(page: Page, target: Locator, limit: int = 80) -> None:

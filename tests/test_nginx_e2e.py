@@ -31,6 +31,7 @@ from portal import create_app, crypto
 from portal.audit.models import AuditEvent
 from portal.db import get_session
 from portal.models import Organization
+from tests.support.browser import generated_key, shot
 from tests.support.nginx import NGINX, PREFIX, ProxiedPortal, cli, site_config, start_proxied_portal
 from tests.support.processes import CHROMIUM, CHROMIUM_ARGS, free_port
 from tests.support.rotation import key_ids, seed
@@ -38,7 +39,6 @@ from tests.support.services import clean as _clean
 from tests.support.web import MASTER_KEY_B64, require_or_skip
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "docs" / "screenshots"
 VIEWPORT = {"width": 1200, "height": 900}
 ORG_NAME = "Acme Org Community"
 ORG_SLUG = "acme-org-community"
@@ -140,24 +140,6 @@ def assert_links_under_prefix(page: Page, portal: ProxiedPortal) -> int:
     assert not escaped, f"URLs leaving {PREFIX}/ on {page.url}: {escaped}"
     assert found, f"no URLs found on {page.url}"
     return len(found)
-
-
-def shot(page: Page, name: str) -> None:
-    """Save a 1200x900 screenshot of the top of the page."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(SHOTS / name))
-
-
-def generated_key(page: Page, section: str) -> str:
-    """Press Generate New Key in a wizard section and read the key it shows once."""
-    area = page.locator(f"section[aria-labelledby={section}]")
-    area.get_by_role("button", name="Generate New Key").click()
-    shown = area.get_by_test_id("generated-key")
-    expect(shown).to_be_visible()
-    text = shown.inner_text().strip()
-    assert len(base64.b64decode(text, validate=True)) == 32
-    return text
 
 
 def org_id(app) -> uuid.UUID:

@@ -34,6 +34,7 @@ from portal.models import Organization
 from portal.rotation import controls
 from portal.rotation.models import RotationRange, RotationRun
 from portal.rotation.start import start_rotation
+from tests.support.processes import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,16 +67,8 @@ def process_env(app_config: dict, **overrides: str) -> dict[str, str]:
 
 
 def cli(env: dict[str, str], *args: str, stdin: str = "", timeout: float = 60):
-    """Run ``python -m portal.cli ARGS`` as its own process."""
-    return subprocess.run(
-        [sys.executable, "-m", "portal.cli", *args],
-        env=env,
-        cwd=ROOT,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """Run ``python -m portal.cli ARGS`` as its own process, with exactly ``env``."""
+    return run_cli(env, *args, stdin=stdin, timeout=timeout, inherit=False, cwd=ROOT)
 
 
 def _session_members(sid: int) -> list[int]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from tests.support.processes import run_cli
+
 ROOT = Path(__file__).resolve().parents[2]
 NGINX = Path("/usr/sbin/nginx")
 PREFIX = "/byok"
@@ -252,15 +254,7 @@ class ProxiedPortal:
 
 def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
     """Run a ``byok-portal`` command (as an operator would) and return its output."""
-    done = subprocess.run(
-        [sys.executable, "-m", "portal.cli", *args],
-        env=env,
-        cwd=ROOT,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli(env, *args, stdin=stdin, timeout=60, inherit=False, cwd=ROOT)
     assert done.returncode == 0, f"byok-portal {' '.join(args)}:\n{done.stdout}{done.stderr}"
     return done.stdout
 

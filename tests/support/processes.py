@@ -76,16 +76,25 @@ def stop_demo(demo: Demo) -> int:
     return demo.process.wait(timeout=30)
 
 
-def run_cli(env: dict, *args: str, stdin: str | None = None):
-    """Run ``byok-portal`` (as ``python -m portal.cli``) with extra environment."""
+def run_cli(
+    env: dict,
+    *args: str,
+    stdin: str | None = None,
+    timeout: float = 120,
+    inherit: bool = True,
+    cwd: Path | None = None,
+):
+    """Run ``byok-portal`` (as ``python -m portal.cli``) as its own process: with extra
+    environment over this one's, or (``inherit=False``) with exactly ``env``."""
     import subprocess
     import sys
 
     return subprocess.run(
         [sys.executable, "-m", "portal.cli", *args],
-        env={**os.environ, **env},
+        env={**os.environ, **env} if inherit else env,
+        cwd=cwd,
         input=stdin,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
