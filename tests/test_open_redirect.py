@@ -100,7 +100,7 @@ PREFIXED = {"X-Forwarded-Prefix": "/byok", "X-Forwarded-Proto": "https"}
 def test_behind_a_prefix_sign_in_stays_under_it(proxied_app, target):
     app, orgs = proxied_app
     client = app.test_client()
-    token = csrf_token_with(client, PREFIXED)
+    token = csrf_token(client, headers=PREFIXED)
     response = client.post(
         "/login",
         query_string={"next": target},
@@ -116,18 +116,10 @@ def test_behind_a_prefix_sign_in_stays_under_it(proxied_app, target):
 def test_behind_a_prefix_a_portal_page_is_kept_under_it(proxied_app):
     app, orgs = proxied_app
     client = app.test_client()
-    token = csrf_token_with(client, PREFIXED)
+    token = csrf_token(client, headers=PREFIXED)
     response = client.post(
         "/login?next=/settings/compliance",
         data={"email": orgs["users"]["admin_a"], "password": PASSWORD, "csrf_token": token},
         headers={**PREFIXED, "Referer": "https://localhost/byok/login"},
     )
     assert response.headers["Location"] == "/byok/settings/compliance"
-
-
-def csrf_token_with(client, headers: dict) -> str:
-    """Read the CSRF token from the sign-in page fetched with extra headers."""
-    import re
-
-    html = client.get("/login", headers=headers).get_data(as_text=True)
-    return re.search(r'<meta name="csrf-token" content="([^"]+)"', html).group(1)

@@ -13,9 +13,9 @@ PASSWORD = "correct horse battery staple"
 MASTER_KEY_B64 = "bWFzdGVyLWtleS1mb3ItdGVzdHMtb25seS0zMi1ieXQ="  # 32 bytes, tests only
 
 
-def csrf_token(client: FlaskClient, path: str = "/login") -> str:
-    """Read the CSRF token of the client's session from a page."""
-    html = client.get(path).get_data(as_text=True)
+def csrf_token(client: FlaskClient, path: str = "/login", headers: dict | None = None) -> str:
+    """Read the CSRF token of the client's session from a page (fetched with extra headers)."""
+    html = client.get(path, headers=headers or {}).get_data(as_text=True)
     match = re.search(r'<meta name="csrf-token" content="([^"]+)"', html)
     assert match, f"no CSRF token on {path}"
     return match.group(1)
