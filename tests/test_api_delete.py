@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from jobs.rotation import enqueue_ranges
 from portal import crypto
 from portal.chat.models import Attachment, Conversation, Message
 from portal.db import get_session
@@ -17,23 +15,15 @@ from portal.keys import operations as ops
 from portal.keys.models import OrgKey
 from portal.models import Organization
 from portal.orgs import create_org
-from portal.rotation import engine, service
+from portal.rotation import engine
+from portal.rotation.controls import failure_count, retry_failed
 from portal.rotation.models import RotationRange, RotationRun
-from tests.api_helpers import Api, assert_error, make_token
-from tests.conftest import random_id
-from tests.rotation_helpers import b64, enable_byok, key_ids, plaintext_digest, run_worker, seed
-
-
-@pytest.fixture
-def api_a(app: Flask, orgs: dict) -> Api:
-    """A client of organisation A's data API."""
-    return Api(app.test_client(), make_token(app, orgs["a"]["id"], "a"))
-
-
-@pytest.fixture
-def api_b(app: Flask, orgs: dict) -> Api:
-    """A client of organisation B's data API."""
-    return Api(app.test_client(), make_token(app, orgs["b"]["id"], "b"))
+from portal.rotation.progress import progress as run_progress
+from portal.rotation.queue import enqueue_ranges
+from portal.rotation.start import start_rotation
+from tests.support.api import Api, assert_error, make_token
+from tests.support.rotation import b64, enable_byok, key_ids, plaintext_digest, run_worker, seed
+from tests.support.web import random_id
 
 
 def ids(app: Flask, model: type, company_id: uuid.UUID | None = None) -> set[str]:
@@ -156,7 +146,7 @@ def test_rows_deleted_while_a_rotation_runs_are_not_failures_and_stay_deleted(
     new = crypto.generate_key()
     with app.app_context():
         db = get_session()
-        run = service.start_rotation(db, db.get(Organization, org), "cli", b64(old), b64(new))
+        run = start_rotation(db, db.get(Organization, org), "cli", b64(old), b64(new))
         db.commit()
         run_id = run.id
     # Deleted after the run counted and planned its items, before any batch ran.
@@ -182,9 +172,9 @@ def test_rows_deleted_while_a_rotation_runs_are_not_failures_and_stay_deleted(
         db = get_session()
         run = db.get(RotationRun, run_id)
         assert run.state == "completed", run.error
-        assert service.failure_count(db, run) == 0
+        assert failure_count(db, run) == 0
         assert sum(r.failed for r in db.scalars(select(RotationRange))) == 0
-        progress = service.progress(db, run)
+        progress = run_progress(db, run)
         assert progress.failed == 0 and progress.done == progress.total
         old_row = db.scalar(select(OrgKey).where(OrgKey.key_id == crypto.key_id(old).hex()))
         assert old_row.state == "retired"
@@ -282,7 +272,7 @@ def test_deleting_an_item_a_rotation_could_not_move_lets_a_retry_retire_the_old_
         conn.execute(update(Message).where(Message.id == uuid.UUID(bad)).values(body_ct=blob))
     with app.app_context():
         db = get_session()
-        run = service.start_rotation(
+        run = start_rotation(
             db, db.get(Organization, org), "cli", b64(old), b64(crypto.generate_key())
         )
         db.commit()
@@ -292,18 +282,18 @@ def test_deleting_an_item_a_rotation_could_not_move_lets_a_retry_retire_the_old_
     with app.app_context():
         db = get_session()
         run = db.get(RotationRun, run_id)
-        assert run.state == "completed" and service.failure_count(db, run) == 1
+        assert run.state == "completed" and failure_count(db, run) == 1
     assert api.delete(f"/messages/{bad}").status_code == 204
     with app.app_context():
         db = get_session()
-        service.retry_failed(db, db.get(RotationRun, run_id), "cli")
+        retry_failed(db, db.get(RotationRun, run_id), "cli")
         db.commit()
     enqueue_ranges(app, run_id)
     run_worker(app)
     with app.app_context():
         db = get_session()
         run = db.get(RotationRun, run_id)
-        assert run.state == "completed" and service.failure_count(db, run) == 0, run.error
+        assert run.state == "completed" and failure_count(db, run) == 0, run.error
         old_row = db.scalar(select(OrgKey).where(OrgKey.key_id == crypto.key_id(old).hex()))
         assert old_row.state == "retired"
     assert bad not in ids(app, Message)

@@ -16,9 +16,10 @@ from sqlalchemy import select
 from portal import crypto
 from portal.db import get_session
 from portal.models import Organization, User
-from portal.rotation import service
-from tests.rotation_helpers import b64, enable_byok, seed
-from tests.test_browser_rotation import ADMIN, sign_in
+from portal.rotation.controls import control
+from portal.rotation.start import start_rotation
+from tests.support.browser import ADMIN, sign_in
+from tests.support.rotation import b64, enable_byok, seed
 
 pytestmark = pytest.mark.browser
 
@@ -95,8 +96,8 @@ def _five_keys(app) -> uuid.UUID:
             db = get_session()
             org = db.get(Organization, org_id)
             admin = db.scalar(select(User).where(User.email == ADMIN))
-            run = service.start_rotation(db, org, admin, b64(current), b64(new))
-            service.control(db, run, "cancel" if step < 2 else "pause", admin)
+            run = start_rotation(db, org, admin, b64(current), b64(new))
+            control(db, run, "cancel" if step < 2 else "pause", admin)
             db.commit()
             run_id = run.id
         current = new

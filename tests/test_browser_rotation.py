@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import base64
 import time
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import expect
 from sqlalchemy import select
 
 from portal import crypto
 from portal.db import get_session
 from portal.models import Organization
-from tests.fault_helpers import bulk_seed
-from tests.rotation_helpers import key_ids
+from tests.support.browser import ADMIN, VIEWPORT, generated_key, shot, sign_in
+from tests.support.faults import bulk_seed
+from tests.support.rotation import key_ids
 
 pytestmark = pytest.mark.browser
 
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-VIEWPORT = {"width": 1200, "height": 900}
-ADMIN = "admin@acme-org-community.example"
 SUPPORT = "support@platform.example"
 EXTRA_MESSAGES = 30_000  # enough for the run to last a few seconds on the demo's one worker
 
@@ -38,36 +35,6 @@ def demo_env(monkeypatch):
     monkeypatch.setenv("ROTATION_BATCH_ROWS", "100")
     monkeypatch.setenv("ROTATION_SLICE_SECONDS", "2")
     monkeypatch.setenv("RQ_QUEUE", "byok-browser-" + uuid.uuid4().hex[:10])
-
-
-def shot(page: Page, name: str) -> None:
-    """Save a 1200x900 screenshot of the top of the page."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(SHOTS / name))
-
-
-def sign_in(context, demo, email: str) -> Page:
-    """Sign in through the login form."""
-    assert email in demo.logins, "".join(demo.output)
-    page = context.new_page()
-    page.goto(f"{demo.url}/login")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(demo.logins[email])
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
-    return page
-
-
-def generated_key(page: Page, section: str) -> str:
-    """Press Generate New Key in a section and read the key it shows once."""
-    area = page.locator(f"section[aria-labelledby={section}]")
-    area.get_by_role("button", name="Generate New Key").click()
-    shown = area.get_by_test_id("generated-key")
-    expect(shown).to_be_visible()
-    text = shown.inner_text().strip()
-    assert len(base64.b64decode(text, validate=True)) == 32
-    return text
 
 
 def test_admin_rotates_from_the_wizard_watches_it_finish_and_support_watches_it_too(
@@ -163,10 +130,10 @@ def test_admin_rotates_from_the_wizard_watches_it_finish_and_support_watches_it_
 def test_support_staff_watching_a_run_do_not_see_which_admin_started_it(
     demo_env, browser, demo_server, app
 ):
-    from jobs.rotation import enqueue_ranges
     from portal.models import User
-    from portal.rotation import service
-    from tests.rotation_helpers import b64, enable_byok
+    from portal.rotation.queue import enqueue_ranges
+    from portal.rotation.start import start_rotation
+    from tests.support.rotation import b64, enable_byok
 
     with app.app_context():
         db = get_session()
@@ -176,7 +143,7 @@ def test_support_staff_watching_a_run_do_not_see_which_admin_started_it(
         db = get_session()
         admin = db.scalar(select(User).where(User.email == ADMIN))
         org = db.get(Organization, org_id)
-        run = service.start_rotation(db, org, admin, b64(old), b64(crypto.generate_key()))
+        run = start_rotation(db, org, admin, b64(old), b64(crypto.generate_key()))
         db.commit()
         run_id = run.id
     enqueue_ranges(app, run_id)  # the demo's worker runs it

@@ -16,10 +16,11 @@ from sqlalchemy import select
 from portal import crypto
 from portal.db import get_session
 from portal.models import Organization, User
-from portal.rotation import service
+from portal.rotation.controls import control
 from portal.rotation.models import RotationRun
-from tests.rotation_helpers import b64, enable_byok
-from tests.test_browser_rotation import ADMIN, VIEWPORT, sign_in
+from portal.rotation.start import start_rotation
+from tests.support.browser import ADMIN, VIEWPORT, sign_in
+from tests.support.rotation import b64, enable_byok
 
 pytestmark = pytest.mark.browser
 
@@ -55,8 +56,8 @@ def _paused_run(app, current: bytes) -> tuple[uuid.UUID, bytes]:
         db = get_session()
         org = db.scalar(select(Organization).where(Organization.slug == "acme-org-community"))
         admin = db.scalar(select(User).where(User.email == ADMIN))
-        run = service.start_rotation(db, org, admin, b64(current), b64(new))
-        service.control(db, run, "pause", admin)
+        run = start_rotation(db, org, admin, b64(current), b64(new))
+        control(db, run, "pause", admin)
         db.commit()
         return run.id, new
 
