@@ -1,6 +1,6 @@
 """End to end behind a real nginx: TLS termination and the portal under ``/byok/``.
 
-Debian's nginx is started on loopback with a throwaway configuration (tests/nginx_helpers.py,
+Debian's nginx is started on loopback with a throwaway configuration (tests/support/nginx.py,
 the same server block as docs/deploy.md) and a self-signed certificate for 127.0.0.1, in front
 of ``byok-portal serve`` (gunicorn) and ``byok-portal worker`` with ``TRUSTED_PROXY_COUNT=1``.
 Headless Chromium signs in at ``https://127.0.0.1:<port>/byok/``, runs the BYOK wizard and a
@@ -392,7 +392,7 @@ def test_deploy_guide_shows_the_nginx_site_this_test_runs():
         "/etc/ssl/byok/portal.key",
         "127.0.0.1:8000",
     )
-    assert site in guide, "docs/deploy.md must show nginx_helpers.SITE_TEMPLATE verbatim"
+    assert site in guide, "docs/deploy.md must show tests/support/nginx.py SITE_TEMPLATE verbatim"
     assert "TRUSTED_PROXY_COUNT=1" in guide
 
 
