@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import Flask
 from sqlalchemy import LargeBinary, select, text
 
+from portal.chat import kinds
 from portal.chat import service as chat
 from portal.db import Base, get_session
 from portal.keys import export as export_module
@@ -72,7 +73,11 @@ def export(cli_env: dict, slug: str, out: Path) -> list[dict]:
     result = run_cli(cli_env, "data", "export", "--org", slug, "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert str(out) in result.stdout
-    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    # The summary names every registered kind with the count the file's end record holds.
+    for kind in kinds.all_kinds():
+        assert f"{kind.label.lower()} {records[-1][kind.table]}" in result.stdout
+    return records
 
 
 def test_an_export_decrypts_offline_with_only_the_documented_recipe(

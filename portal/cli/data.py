@@ -31,7 +31,8 @@ def data_export(org_slug: str, out: str) -> None:
         counts = export.write(session, org, out)
     except OSError as exc:
         raise CliError(f"cannot write {out}: {exc.strerror}") from None
-    click.echo(
-        f"exported {counts['conversations']} conversations, {counts['messages']} messages and "
-        f"{counts['attachments']} attachments of {org_slug} to {out}"
+    # One count per registered kind, so a kind added later is reported without a change here.
+    exported = ", ".join(
+        f"{kind.label.lower()} {counts.get(kind.table, 0)}" for kind in export.exported_kinds()
     )
+    click.echo(f"exported {org_slug} to {out}: {exported}")
