@@ -10,7 +10,7 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from portal import create_app
-from portal.chat import service
+from portal.chat import kinds, service
 from portal.chat.models import Conversation
 from portal.db import get_session
 from portal.keys.service import encrypting_keyring
@@ -102,7 +102,7 @@ def store_deep(app: Flask, company_id, levels: int) -> str:
         db = get_session()
         conv = service.create_conversation(db, company_id, f"deep {levels}", {})
         ring = encrypting_keyring(db, company_id)
-        aad = service.ad(company_id, "conversations", "metadata", conv.id)
+        aad = kinds.associated_data(company_id, "conversations", "metadata", conv.id)
         conv.metadata_ct = bytes(ring.encrypt(raw, aad))
         db.commit()
         return str(conv.id)

@@ -53,13 +53,11 @@ def read_back(app: Flask, company_id: uuid.UUID, conv_id, msg_id, att_id) -> dic
         att = db.get(Attachment, att_id)
         reader = service.Reader(db, company_id)
         out = {
-            "title": reader.open("conversations", "title", conv.id, conv.title_ct).decode(),
-            "metadata": json.loads(
-                reader.open("conversations", "metadata", conv.id, conv.metadata_ct)
-            ),
-            "body": reader.open("messages", "body", msg.id, msg.body_ct).decode(),
-            "filename": reader.open("attachments", "filename", att.id, att.filename_ct).decode(),
-            "content": reader.open("attachments", "content", att.id, att.content_ct),
+            "title": reader.column(conv, "title").decode(),
+            "metadata": json.loads(reader.column(conv, "metadata")),
+            "body": reader.column(msg, "body").decode(),
+            "filename": reader.column(att, "filename").decode(),
+            "content": reader.column(att, "content"),
             "size": att.size,
             "messages": [m.id for m in service.list_messages(db, conv, 10, None)],
         }

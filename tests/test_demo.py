@@ -194,19 +194,17 @@ def test_items_option_seeds_that_many_items_readable_through_the_data_path(app):
         assert counts["acme-org-community"][1] == {active_key(db, acme.id).key_id}
         reader = Reader(db, acme.id)
         bodies = [
-            reader.open("messages", "body", m.id, m.body_ct)
+            reader.column(m, "body")
             for m in db.scalars(
                 select(Message).where(Message.company_id == acme.id).order_by(Message.created_at)
             )
         ]
         titles = [
-            reader.open("conversations", "title", c.id, c.title_ct)
+            reader.column(c, "title")
             for c in db.scalars(select(Conversation).where(Conversation.company_id == acme.id))
         ]
         (attachment,) = db.scalars(select(Attachment).where(Attachment.company_id == acme.id))
-        assert reader.open("attachments", "filename", attachment.id, attachment.filename_ct) == (
-            b"notes.txt"
-        )
+        assert reader.column(attachment, "filename") == (b"notes.txt")
         assert len(titles) == 3 and len(bodies) == 57 - 3 - 1
         assert bodies[0] == b"Quarterly plan #1: message 1 from the user."
         seed(app, 500)  # a second start reuses the organisations and adds nothing

@@ -206,7 +206,7 @@ def test_compare_and_swap_keeps_a_concurrent_edit(app, orgs):
         updates, failed, _ = engine.reencrypt(rows, kind, org_a, ring, d)
         # Someone edits one message (written under the new key) after the batch read it.
         edited_id = d.read_uid(rows[0][0])
-        from portal.chat.service import ad
+        from portal.chat.kinds import associated_data as ad
 
         edit = bytes(
             ring.encrypt(b"edited during the run", ad(org_a, "messages", "body", edited_id))

@@ -53,10 +53,6 @@ def decode_metadata(data: bytes) -> dict[str, Any] | None:
     return None if nests_deeper(value, MAX_NESTING) else value
 
 
-# Associated data binding a value to its organisation, table, column and row.
-ad = kinds.associated_data
-
-
 def _writable_keyring(session: Session, company_id: uuid.UUID) -> crypto.Keyring:
     """Return the keyring new data is encrypted with, after checking the data may be stored.
 
@@ -173,14 +169,6 @@ class Reader:
     def text(self, row: Any, ad_name: str) -> str:
         """Decrypt one encrypted text column of a row."""
         return self.column(row, ad_name).decode()
-
-    def open(self, table: str, column: str, row_id: uuid.UUID, blob: bytes) -> bytes:
-        """Decrypt one value given by table, column and row; notes a failure like column()."""
-        try:
-            return self._ring().decrypt(blob, ad(self.company_id, table, column, row_id))
-        except crypto.DecryptionError as exc:
-            self._note(exc, table, row_id)
-            raise
 
     def _ring(self) -> crypto.Keyring:
         """The organisation's keyring for reading."""

@@ -25,8 +25,8 @@ from sqlalchemy import insert, select
 
 from portal import crypto
 from portal.chat import kinds
+from portal.chat.kinds import associated_data as ad
 from portal.chat.models import Attachment, Conversation, Message
-from portal.chat.service import ad
 from portal.db import get_session
 from portal.keys.models import OrgKey
 from portal.keys.service import encrypting_keyring

@@ -76,16 +76,14 @@ def plaintext_digest(app: Flask, org_id: uuid.UUID) -> dict[str, str]:
         db = get_session()
         reader = chat.Reader(db, org_id)
         for conv in db.scalars(select(Conversation).where(Conversation.company_id == org_id)):
-            title = reader.open("conversations", "title", conv.id, conv.title_ct)
-            meta = reader.open("conversations", "metadata", conv.id, conv.metadata_ct)
+            title = reader.column(conv, "title")
+            meta = reader.column(conv, "metadata")
             out[str(conv.id)] = hashlib.sha256(title + b"\0" + meta).hexdigest()
         for msg in db.scalars(select(Message).where(Message.company_id == org_id)):
-            out[str(msg.id)] = hashlib.sha256(
-                reader.open("messages", "body", msg.id, msg.body_ct)
-            ).hexdigest()
+            out[str(msg.id)] = hashlib.sha256(reader.column(msg, "body")).hexdigest()
         for att in db.scalars(select(Attachment).where(Attachment.company_id == org_id)):
-            name = reader.open("attachments", "filename", att.id, att.filename_ct)
-            content = reader.open("attachments", "content", att.id, att.content_ct)
+            name = reader.column(att, "filename")
+            content = reader.column(att, "content")
             out[str(att.id)] = hashlib.sha256(name + b"\0" + content).hexdigest()
     return out
 
