@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 DEPLOYMENT_MODES = ("shared", "dedicated", "on_prem")
+MASTER_KEY_PROVIDERS = ("file", "pkcs11", "vault-transit")
 
 
 class ConfigError(RuntimeError):
@@ -60,6 +61,33 @@ class Config:
         # The key custody backend that seals new keys (portal/keys/custody/); stored keys are
         # unsealed by the backend each row names, whatever this says.
         self.KEY_CUSTODY: str = env.get("KEY_CUSTODY") or "master-key"
+        # Where the installation master key lives: a file/env value, or a key in an HSM or in
+        # Transit (MASTER_KEY_REF names it there); see docs/operations.md.
+        self.MASTER_KEY_PROVIDER: str = env.get("MASTER_KEY_PROVIDER") or "file"
+        self.MASTER_KEY_REF: str | None = env.get("MASTER_KEY_REF") or None
+        # Organisations' own key services (portal/keys/custody/keyservice.py). A provider is
+        # offered when its address/module/region is set; its secrets never leave this process.
+        self.VAULT_ADDR: str | None = env.get("VAULT_ADDR") or None
+        self.VAULT_TOKEN: str | None = env.get("VAULT_TOKEN") or None
+        self.VAULT_ROLE_ID: str | None = env.get("VAULT_ROLE_ID") or None
+        self.VAULT_SECRET_ID: str | None = env.get("VAULT_SECRET_ID") or None
+        self.VAULT_NAMESPACE: str | None = env.get("VAULT_NAMESPACE") or None
+        self.VAULT_CACERT: str | None = env.get("VAULT_CACERT") or None
+        self.VAULT_TRANSIT_MOUNT: str = env.get("VAULT_TRANSIT_MOUNT") or "transit"
+        self.PKCS11_MODULE: str | None = env.get("PKCS11_MODULE") or None
+        self.PKCS11_TOKEN_LABEL: str | None = env.get("PKCS11_TOKEN_LABEL") or None
+        self.PKCS11_PIN: str | None = env.get("PKCS11_PIN") or None
+        self.PKCS11_PIN_FILE: str | None = env.get("PKCS11_PIN_FILE") or None
+        self.AWS_REGION: str | None = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
+        self.AWS_ENDPOINT_URL: str | None = env.get("AWS_ENDPOINT_URL") or None
+        self.AWS_ACCESS_KEY_ID: str | None = env.get("AWS_ACCESS_KEY_ID") or None
+        self.AWS_SECRET_ACCESS_KEY: str | None = env.get("AWS_SECRET_ACCESS_KEY") or None
+        self.AWS_SESSION_TOKEN: str | None = env.get("AWS_SESSION_TOKEN") or None
+        # How long an unwrapped data key stays in a process's memory: the longest a revocation
+        # in the customer's service takes to bite. Then the breaker's pause and call timeout.
+        self.KMS_CACHE_SECONDS: int = _int(env, "KMS_CACHE_SECONDS", 300)
+        self.KMS_BREAKER_SECONDS: int = _int(env, "KMS_BREAKER_SECONDS", 10)
+        self.KMS_TIMEOUT_SECONDS: int = _int(env, "KMS_TIMEOUT_SECONDS", 5)
         self.SALES_URL: str = env.get("SALES_URL", "mailto:sales@example.com")
         self.MAX_ATTACHMENT_BYTES: int = _int(env, "MAX_ATTACHMENT_BYTES", 25 * 1024 * 1024)
         # A conversation's title (characters) and metadata (bytes of compact UTF-8 JSON).
@@ -93,6 +121,20 @@ class Config:
             )
         if self.TRUSTED_PROXY_COUNT < 0:
             raise ConfigError("TRUSTED_PROXY_COUNT must be 0 or more")
+        if self.MASTER_KEY_PROVIDER not in MASTER_KEY_PROVIDERS:
+            raise ConfigError(
+                f"MASTER_KEY_PROVIDER must be one of {', '.join(MASTER_KEY_PROVIDERS)}, "
+                f"not {self.MASTER_KEY_PROVIDER!r}"
+            )
+        if self.MASTER_KEY_PROVIDER != "file" and not self.MASTER_KEY_REF:
+            raise ConfigError(
+                f"MASTER_KEY_PROVIDER={self.MASTER_KEY_PROVIDER} needs MASTER_KEY_REF: the name "
+                "or label of the master key in that service"
+            )
+        if self.KMS_CACHE_SECONDS < 0 or self.KMS_BREAKER_SECONDS < 0:
+            raise ConfigError("KMS_CACHE_SECONDS and KMS_BREAKER_SECONDS must be 0 or more")
+        if self.KMS_TIMEOUT_SECONDS < 1:
+            raise ConfigError("KMS_TIMEOUT_SECONDS must be 1 or more")
         if not 0 <= self.WORKER_NICE <= 19:
             raise ConfigError("WORKER_NICE must be from 0 (same priority) to 19 (lowest)")
 

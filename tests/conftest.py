@@ -31,7 +31,14 @@ from tests.support.services import (
 )
 from tests.support.web import MASTER_KEY_B64, PASSWORD, login, require_or_skip
 
-pytest_plugins = ["tests.support.fixtures", "tests.support.cli", "tests.support.kinds"]
+pytest_plugins = [
+    "tests.support.fixtures",
+    "tests.support.cli",
+    "tests.support.kinds",
+    "tests.support.keyservice_vault",
+    "tests.support.keyservice_pkcs11",
+    "tests.support.keyservice_kms",
+]
 
 
 @pytest.fixture(scope="session")

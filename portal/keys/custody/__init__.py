@@ -14,26 +14,46 @@ from typing import Protocol
 
 from flask import current_app
 
-from portal.keys.custody import master_key
-from portal.keys.custody.base import CustodyError, Factory, KeyCustody, Startup
+from portal.keys.custody import aws_kms, master_key, pkcs11_hsm, vault_transit
+from portal.keys.custody.base import (
+    CustodyError,
+    Factory,
+    KeyAccessRevoked,
+    KeyCustody,
+    KeyServiceUnreachable,
+    Startup,
+)
+from portal.keys.custody.client import KeyServiceClient
+from portal.keys.custody.keyservice import PROVIDERS, KeyRef, ServiceFactory
 
 __all__ = [
     "DEFAULT",
+    "PROVIDERS",
     "CustodyError",
     "Factory",
+    "KeyAccessRevoked",
     "KeyCustody",
+    "KeyRef",
+    "KeyServiceClient",
+    "KeyServiceUnreachable",
     "Startup",
     "backend_for",
     "configured",
     "get",
+    "key_service",
+    "key_services",
     "names",
     "register",
+    "register_service",
     "registered",
+    "service_problems",
     "start",
+    "start_services",
 ]
 
 DEFAULT = master_key.NAME
 _FACTORIES: dict[str, Factory] = {}
+_SERVICES: dict[str, ServiceFactory] = {}
 
 log = logging.getLogger(__name__)
 
@@ -105,4 +125,53 @@ def backend_for(row: SealedRow) -> KeyCustody | None:
     return backends.get(row.custody) if row.custody is not None else None
 
 
+def register_service(name: str, factory: ServiceFactory) -> None:
+    """Make an external key service provider known under name (see keyservice.py)."""
+    if _SERVICES.get(name, factory) is not factory:
+        raise ValueError(f"a key service provider named {name!r} is already registered")
+    _SERVICES[name] = factory
+
+
+def start_services(config) -> tuple[dict[str, KeyServiceClient], dict[str, str]]:
+    """Start every configured key service; return them and, per provider, why one did not."""
+    started: dict[str, KeyServiceClient] = {}
+    problems: dict[str, str] = {}
+    for name in PROVIDERS:
+        factory = _SERVICES.get(name)
+        if factory is None:
+            continue
+        try:
+            service = factory(config)
+        except CustodyError as exc:
+            log.error("key service %s not started: %s", name, exc)
+            problems[name] = str(exc)
+            continue
+        if service is None:
+            continue
+        started[name] = KeyServiceClient(
+            service,
+            cache_seconds=config.get("KMS_CACHE_SECONDS", 300),
+            breaker_seconds=config.get("KMS_BREAKER_SECONDS", 10),
+        )
+    return started, problems
+
+
+def key_services() -> dict[str, KeyServiceClient]:
+    """The key services this process started, by provider name."""
+    return current_app.extensions.get("key_services", {})
+
+
+def service_problems() -> dict[str, str]:
+    """Why a configured provider did not start (say, its optional extra is not installed)."""
+    return current_app.extensions.get("key_service_problems", {})
+
+
+def key_service(name: str | None) -> KeyServiceClient | None:
+    """Return the started key service of that provider, or None."""
+    return key_services().get(name) if name else None
+
+
 register(master_key.NAME, master_key.start)
+register_service("vault-transit", vault_transit.start)
+register_service("pkcs11", pkcs11_hsm.start)
+register_service("aws-kms", aws_kms.start)

@@ -8,7 +8,29 @@ from typing import Any, Protocol
 
 
 class CustodyError(Exception):
-    """A sealed key or the master key could not be used; the message never holds key material."""
+    """A sealed key or the master key could not be used; the message never holds key material.
+
+    ``code`` is what items under such a key report as their reason (API, pages, audit).
+    """
+
+    code = "key_unavailable"
+
+
+class KeyAccessRevoked(CustodyError):
+    """The customer's key service refused: access revoked, key disabled, deleted or unknown."""
+
+    code = "key_access_revoked"
+
+
+class KeyServiceUnreachable(CustodyError):
+    """The customer's key service did not answer (connection refused, timeout, open circuit)."""
+
+    code = "key_service_unreachable"
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        """Say what failed and how many seconds a caller should wait before trying again."""
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
 
 
 class KeyCustody(Protocol):
