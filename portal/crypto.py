@@ -7,7 +7,7 @@ import hmac
 import os
 import secrets
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -42,7 +42,18 @@ _ENCRYPT_INTO_MIN = 16 * 1024
 # Slicing a large blob as bytes would copy it before decryption; memoryview slices do not.
 _DECRYPT_VIEW_MIN = 4 * 1024
 
-DECRYPTION_FAILURES = ("malformed", "unknown_key", "key_unavailable", "integrity")
+DECRYPTION_FAILURES = (
+    "malformed",
+    "unknown_key",
+    "key_unavailable",
+    "integrity",
+    # The key is held in the customer's key service, which refused or did not answer: the
+    # item is intact and reads again once access comes back.
+    "key_access_revoked",
+    "key_service_unreachable",
+)
+# Reasons that mean "not now" rather than "never": the item is reported unavailable.
+TEMPORARY_FAILURES = ("key_access_revoked", "key_service_unreachable")
 
 
 class DecryptionError(Exception):
@@ -65,6 +76,8 @@ class DecryptionError(Exception):
             "unknown_key": "encrypted under a key this organisation does not have",
             "key_unavailable": "encrypted under a key whose sealed copy cannot be unsealed",
             "integrity": "integrity check failed: tampered, or moved from another place",
+            "key_access_revoked": "the organisation's key service refused access to its key",
+            "key_service_unreachable": "the organisation's key service did not answer",
         }[self.reason]
         return f"{text}{under}" + (f": {self.detail}" if self.detail else "")
 
@@ -149,9 +162,10 @@ class Keyring:
         self,
         encrypting: bytes | None = None,
         decrypt_only: Iterable[bytes] = (),
-        unavailable: Iterable[bytes] = (),
+        unavailable: Iterable[bytes] | Mapping[bytes, str] = (),
     ) -> None:
-        """Build AES-GCM contexts once per key; `unavailable` lists ids of unsealable keys."""
+        """Build AES-GCM contexts once per key; `unavailable` lists ids of unsealable keys
+        (or maps them to the reason items under them report, "key_unavailable" by default)."""
         self._aeads: dict[bytes, AESGCM] = {}
         self._encrypting_id: bytes | None = None
         self._encrypting_aead: AESGCM | None = None
@@ -164,7 +178,12 @@ class Keyring:
             self._add(key)
         # An id listed as unavailable whose material was also given is usable: having the key
         # wins (say, a lost key that was since restored), and refusing would only crash reads.
-        self._unavailable = frozenset(bytes(i) for i in unavailable) - self._aeads.keys()
+        reasons = unavailable if isinstance(unavailable, Mapping) else dict.fromkeys(unavailable)
+        self._unavailable = {
+            bytes(i): why or "key_unavailable"
+            for i, why in reasons.items()
+            if bytes(i) not in self._aeads
+        }
         if any(len(i) != KEY_ID_BYTES for i in self._unavailable):
             raise ValueError(f"unavailable keys are given by their {KEY_ID_BYTES}-byte key id")
         self._by_prefix = {HEADER + kid: aead for kid, aead in self._aeads.items()}
@@ -237,8 +256,7 @@ class Keyring:
         kid = bytes(blob[_KEY_ID_AT:_NONCE_AT])
         aead = self._aeads.get(kid)
         if aead is None:
-            reason = "key_unavailable" if kid in self._unavailable else "unknown_key"
-            raise DecryptionError(reason, kid)
+            raise DecryptionError(self._unavailable.get(kid, "unknown_key"), kid)
         return aead
 
 

@@ -30,8 +30,18 @@ def _api_error(exc: ApiError):
 
 @bp.errorhandler(KeyUnavailable)
 def _key_unavailable(exc: KeyUnavailable):
-    """The organisation's key cannot encrypt: nothing is stored."""
-    return jsonify(error="key_unavailable", message=str(exc)), 503
+    """The organisation's key cannot encrypt: nothing is stored.
+
+    A key service that refused access answers 403 (retrying will not help until the customer
+    restores access); one that did not answer, 503 with Retry-After (the breaker's pause).
+    """
+    get_session().rollback()
+    response = jsonify(error=exc.code, message=str(exc))
+    if exc.code == "key_access_revoked":
+        return response, 403
+    if exc.code == "key_service_unreachable":
+        response.headers["Retry-After"] = str(max(1, exc.retry_after))
+    return response, 503
 
 
 @bp.errorhandler(OperationalError)

@@ -67,7 +67,14 @@ def openapi_document(
             "BYOK is required here and the organisation has no usable key of its own: none "
             "enabled yet, or its key was declared lost or revoked (restore it)"
         ),
-        "503": _error("the organisation's key is unavailable"),
+        "403": _error(
+            "key_access_revoked: the organisation's key service refused access to its key; "
+            "nothing was stored"
+        ),
+        "503": _error(
+            "the organisation's key is unavailable, or key_service_unreachable: its key "
+            "service did not answer (see Retry-After); nothing was stored"
+        ),
     }
     json_body = {
         "400": _error(

@@ -11,9 +11,21 @@ UNREADABLE = {
     "type": "object",
     "required": ["status", "reason"],
     "properties": {
-        "status": {"const": "unreadable"},
+        "status": {
+            "enum": ["unreadable", "unavailable"],
+            "description": "unavailable: the organisation's key service refused or did not "
+            "answer; the item is intact and reads again once access is back",
+        },
         "reason": {
-            "enum": ["malformed", "unknown_key", "key_unavailable", "integrity", "too_deep"],
+            "enum": [
+                "malformed",
+                "unknown_key",
+                "key_unavailable",
+                "integrity",
+                "key_access_revoked",
+                "key_service_unreachable",
+                "too_deep",
+            ],
             "description": "too_deep: metadata stored before writes were bounded nests deeper "
             f"than {MAX_NESTING} levels",
         },
@@ -29,7 +41,7 @@ def schemas(limits: dict[str, int]) -> dict[str, Any]:
         "created_at": {"type": "string", "format": "date-time"},
         "title": {"type": "string"},
         "metadata": {"type": "object"},
-        "status": {"const": "unreadable"},
+        "status": {"enum": ["unreadable", "unavailable"]},
         "reason": {"type": "string"},
     }
     return {

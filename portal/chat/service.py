@@ -189,8 +189,13 @@ class Reader:
 
 
 def unreadable(exc: crypto.DecryptionError) -> dict[str, str]:
-    """Describe a value that could not be decrypted, for API responses."""
-    return {"status": "unreadable", "reason": exc.reason}
+    """Describe a value that could not be decrypted, for API responses.
+
+    ``unavailable`` when the customer's key service refused or did not answer (the item is
+    intact and reads again once access is back), ``unreadable`` otherwise.
+    """
+    temporary = exc.reason in crypto.TEMPORARY_FAILURES
+    return {"status": "unavailable" if temporary else "unreadable", "reason": exc.reason}
 
 
 def get_conversation(

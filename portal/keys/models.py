@@ -18,7 +18,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from portal.db import Base, UTCDateTime, new_id, utcnow
 
 KEY_STATES = ("active", "decrypt_only", "retired", "unavailable", "lost")
-KEY_ORIGINS = ("platform", "generated", "imported")
+# "external": a data key generated here and wrapped by the customer's key service.
+KEY_ORIGINS = ("platform", "generated", "imported", "external")
 
 
 class OrgKey(Base):
@@ -43,10 +44,20 @@ class OrgKey(Base):
     sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     # The registered name of the backend that sealed it (portal/keys/custody/), which unseals it.
     custody: Mapped[str | None] = mapped_column(String(100))
+    # External keys only: the key in the customer's service that wraps this data key (a
+    # Transit key name, KMS key ARN or PKCS#11 label; never a secret), and for AWS an
+    # optional role in the customer's account, assumed with ExternalId = company_id.
+    key_ref: Mapped[str | None] = mapped_column(String(2048))
+    role_arn: Mapped[str | None] = mapped_column(String(2048))
     created_by: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     state_changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     state_changed_by: Mapped[str | None] = mapped_column(String(320))
+
+    @property
+    def external(self) -> bool:
+        """Whether the customer's key service (not the portal) holds the key-encryption key."""
+        return self.key_ref is not None
 
     @property
     def fingerprint(self) -> str:

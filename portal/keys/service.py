@@ -18,6 +18,7 @@ from portal.keys.custody import CustodyError, KeyCustody
 from portal.keys.custody.audit_key import MasterKeyAuditSource
 from portal.keys.custody.master_key import load_configured
 from portal.keys.models import OrgKey
+from portal.keys.wrapped import unwrap_row
 from portal.models import Organization
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,18 @@ USABLE_STATES = ("active", "decrypt_only")
 
 
 class KeyUnavailable(RuntimeError):
-    """The organisation's encrypting key cannot be used right now; the message says why."""
+    """The organisation's encrypting key cannot be used right now; the message says why.
+
+    ``code`` is ``key_unavailable``, or for a key in the customer's key service
+    ``key_access_revoked`` (it said no) or ``key_service_unreachable`` (it did not answer,
+    try again after ``retry_after`` seconds).
+    """
+
+    def __init__(self, message: str, code: str = "key_unavailable", retry_after: int = 0):
+        """Say why, with the reason code and, when unreachable, when to try again."""
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
 
 
 def init_app(app: Flask, create_master_key: bool = False) -> None:
@@ -39,6 +51,9 @@ def init_app(app: Flask, create_master_key: bool = False) -> None:
     backends = registry.start(registry.Startup(app.config, master))
     app.extensions["custody_backends"] = backends
     app.extensions["custody"] = backends.get(name)
+    services, problems = registry.start_services(app.config)
+    app.extensions["key_services"] = services
+    app.extensions["key_service_problems"] = problems
     audit_source = MasterKeyAuditSource(master)
     app.extensions["audit_key_source"] = audit_source
     app.extensions["audit_signing_key"] = audit_source.signing_key()
@@ -99,6 +114,14 @@ class LoadedKeys:
     rows: list[OrgKey]
     unavailable: set[str]
     reasons: dict[str, str] = field(default_factory=dict)
+    # Per unusable key id: the code items under it report (crypto.DECRYPTION_FAILURES).
+    codes: dict[str, str] = field(default_factory=dict)
+    # Seconds to wait before asking an unreachable key service again (0: not applicable).
+    retry_after: int = 0
+
+    def code(self, row: OrgKey) -> str | None:
+        """The reason code of a key that could not be used (key_access_revoked, ...)."""
+        return self.codes.get(row.key_id)
 
     def effective_state(self, row: OrgKey) -> str:
         """Return a key's state as it is now: 'unavailable' when it cannot be unsealed."""
@@ -118,18 +141,32 @@ def unseal(row: OrgKey) -> bytes | None:
 
 def unseal_or_reason(row: OrgKey) -> tuple[bytes | None, str | None]:
     """Unseal a key row with the backend it names; return (key, None) or (None, why not)."""
+    key, why, _code = unseal_with_code(row)
+    return key, why
+
+
+def unseal_with_code(row: OrgKey) -> tuple[bytes | None, str | None, CustodyError | None]:
+    """Unseal (or unwrap, for an external key) a key row; on failure say why, with the error."""
     if row.sealed is None:
-        return None, "no sealed copy is stored"
+        return None, "no sealed copy is stored", None
+    if row.external:
+        try:
+            key = unwrap_row(row)
+        except CustodyError as exc:
+            return None, str(exc), exc
+        if crypto.key_id(key).hex() != row.key_id:
+            return None, "the unwrapped data key does not match its key id", None
+        return key, None, None
     backend = registry.backend_for(row)
     if backend is None:
-        return None, _missing_backend(row.custody)
+        return None, _missing_backend(row.custody), None
     try:
         key = backend.unseal(row.sealed, seal_context(row.company_id, row.key_id))
     except CustodyError as exc:
-        return None, str(exc)
+        return None, str(exc), exc
     if crypto.key_id(key).hex() != row.key_id:
-        return None, "the unsealed key does not match its key id"
-    return key, None
+        return None, "the unsealed key does not match its key id", None
+    return key, None, None
 
 
 _warned_backends: set[str | None] = set()
@@ -165,14 +202,19 @@ def load_keys(session: Session, company_id: uuid.UUID) -> LoadedKeys:
     decrypt_only: list[bytes] = []
     missing: set[str] = set()
     reasons: dict[str, str] = {}
+    codes: dict[str, str] = {}
+    retry_after = 0
     for row in rows:
         if row.state not in USABLE_STATES and row.state != "unavailable":
             continue
-        key, why = unseal_or_reason(row) if row.state != "unavailable" else (None, None)
+        key, why, exc = unseal_with_code(row) if row.state != "unavailable" else (None, None, None)
         if key is None:
             missing.add(row.key_id)
             if why:
                 reasons[row.key_id] = why
+            if exc is not None:
+                codes[row.key_id] = exc.code
+                retry_after = max(retry_after, getattr(exc, "retry_after", 0))
         elif row.state == "active":
             encrypting = key
         else:
@@ -182,9 +224,9 @@ def load_keys(session: Session, company_id: uuid.UUID) -> LoadedKeys:
     ring = crypto.Keyring(
         encrypting=encrypting,
         decrypt_only=decrypt_only,
-        unavailable=[bytes.fromhex(k) for k in missing],
+        unavailable={bytes.fromhex(k): codes.get(k, "key_unavailable") for k in missing},
     )
-    loaded = LoadedKeys(ring, rows, missing, reasons)
+    loaded = LoadedKeys(ring, rows, missing, reasons, codes, retry_after)
     cache[company_id] = loaded
     return loaded
 
@@ -199,6 +241,21 @@ def encrypting_keyring(session: Session, company_id: uuid.UUID) -> crypto.Keyrin
     """Return a keyring that can encrypt new data for the organisation, or raise."""
     loaded = load_keys(session, company_id)
     if loaded.keyring.encrypting_key_id is None:
+        active = next((r for r in loaded.rows if r.state == "active"), None)
+        code = loaded.code(active) if active is not None else None
+        if code == "key_access_revoked":
+            raise KeyUnavailable(
+                f"the organisation's key service refused access to its key ({active.key_ref}); "
+                "nothing was stored. Access comes back once the key service allows it again.",
+                code,
+            )
+        if code == "key_service_unreachable":
+            raise KeyUnavailable(
+                f"the organisation's key service did not answer ({active.key_ref}); nothing "
+                f"was stored. Try again in {loaded.retry_after} s.",
+                code,
+                loaded.retry_after,
+            )
         raise KeyUnavailable(
             "the organisation's encryption key is unavailable: an admin must restore it"
         )
