@@ -89,9 +89,22 @@ def _details(key_id: str, minute: str, kinds: dict[str, tuple[int, list[str]]]) 
     }
 
 
-def _bucket_key(company_id: uuid.UUID, key_id: str, minute: str) -> str:
-    """Redis hash that counts one key's failures in one minute."""
-    return f"byok:decrypt-failed:{company_id}:{key_id}:{minute}"
+# Failures aggregated this way: failed decryptions, and a key service that refused a use of
+# the organisation's key or did not answer (each counted apart, in its own bucket).
+AGGREGATED = (
+    Action.DECRYPT_FAILED,
+    Action.KEY_SERVICE_DENIED,
+    Action.KEY_SERVICE_UNREACHABLE,
+)
+
+
+def _bucket_key(
+    company_id: uuid.UUID, key_id: str, minute: str, action: Action = Action.DECRYPT_FAILED
+) -> str:
+    """Redis hash that counts one key's failures of one action in one minute."""
+    if action == Action.DECRYPT_FAILED:  # the name buckets had before other actions were counted
+        return f"byok:decrypt-failed:{company_id}:{key_id}:{minute}"
+    return f"byok:{action.value}:{company_id}:{key_id}:{minute}"
 
 
 def record(
@@ -102,12 +115,16 @@ def record(
     items: list[str],
     actor: Any,
     now: datetime | None = None,
+    action: Action = Action.DECRYPT_FAILED,
 ) -> bool:
     """Count failed decryptions; return True if an event was written now (first in minute).
 
     ``key_id`` is the hex key id (comma-separated for a rotation's old keys, or "unknown");
-    ``actor`` is the API token, user or system label that read.
+    ``actor`` is the API token, user or system label that read. ``action`` is one of
+    AGGREGATED: failed decryptions by default.
     """
+    if action not in AGGREGATED:
+        raise ValueError(f"{action} is not an aggregated failure")
     now = now or datetime.now(UTC)
     minute = now.strftime("%Y-%m-%dT%H:%MZ")
     key_text = ",".join(_key_ids(key_id))
@@ -116,14 +133,14 @@ def record(
     if client is None:
         emit(
             session,
-            Action.DECRYPT_FAILED,
+            action,
             outcome="failure",
             actor=actor,
             company_id=company_id,
             details=details,
         )
         return True
-    name = _bucket_key(company_id, key_text, minute)
+    name = _bucket_key(company_id, key_text, minute, action)
     try:
         pipe = client.pipeline()
         pipe.hsetnx(name, "first", 1)
@@ -140,13 +157,13 @@ def record(
     if first:
         emit(
             session,
-            Action.DECRYPT_FAILED,
+            action,
             outcome="failure",
             actor=actor,
             company_id=company_id,
             details=details,
         )
-        _schedule_flush(company_id, key_text, minute, now)
+        _schedule_flush(company_id, key_text, minute, now, action)
     return bool(first)
 
 
@@ -159,21 +176,27 @@ def _redis() -> redis.Redis | None:
     return get_redis()
 
 
-def _schedule_flush(company_id: uuid.UUID, key_id: str, minute: str, now: datetime) -> None:
+def _schedule_flush(
+    company_id: uuid.UUID, key_id: str, minute: str, now: datetime, action: Action
+) -> None:
     """Ask a worker to write the minute's follow-up event once the minute is over."""
     from portal.redis_conn import make_queue
 
     try:
         queue = make_queue(_redis(), current_app.config["RQ_QUEUE"])
         at = now.replace(second=0, microsecond=0) + timedelta(minutes=1, seconds=1)
+        # Failed decryptions keep the job's arguments from before other actions were counted.
+        extra = () if action == Action.DECRYPT_FAILED else (action.value,)
+        tag = "decrypt-failed" if not extra else action.value.split(".")[-1].replace("_", "-")
         queue.enqueue_at(
             at,
             "jobs.audit.flush_decrypt_failures",
             str(company_id),
             key_id,
             minute,
+            *extra,
             # RQ job ids allow letters, digits, dashes and underscores only.
-            job_id=f"decrypt-failed-{company_id}-{key_id.replace(',', '_')}-"
+            job_id=f"{tag}-{company_id}-{key_id.replace(',', '_')}-"
             f"{minute.replace(':', '').replace('-', '')}",
         )
     except (redis.RedisError, OSError, ValueError):
@@ -197,7 +220,13 @@ def _groups(bucket: dict[bytes, bytes]) -> dict[str, dict[str, tuple[int, list[s
     return groups
 
 
-def flush(session: Session, company_id: uuid.UUID, key_id: str, minute: str) -> int:
+def flush(
+    session: Session,
+    company_id: uuid.UUID,
+    key_id: str,
+    minute: str,
+    action: Action = Action.DECRYPT_FAILED,
+) -> int:
     """Write one event per actor with the failures counted after the first ones.
 
     ``key_id`` is the hex key id or the fingerprint the first event shows. Returns the
@@ -207,7 +236,7 @@ def flush(session: Session, company_id: uuid.UUID, key_id: str, minute: str) -> 
     if client is None:
         return 0
     key_text = ",".join(_key_ids(key_id))
-    name = _bucket_key(company_id, key_text, minute)
+    name = _bucket_key(company_id, key_text, minute, action)
     pipe = client.pipeline()
     pipe.hgetall(name)
     pipe.delete(name)
@@ -219,7 +248,7 @@ def flush(session: Session, company_id: uuid.UUID, key_id: str, minute: str) -> 
             continue
         emit(
             session,
-            Action.DECRYPT_FAILED,
+            action,
             outcome="failure",
             actor=_actor(actor),
             company_id=company_id,

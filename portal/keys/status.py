@@ -20,6 +20,7 @@ from portal.keys import policy
 from portal.keys.models import OrgKey
 from portal.keys.runs import run_in_progress
 from portal.keys.service import load_keys
+from portal.keys.wrapped import service_state
 from portal.models import Organization
 
 
@@ -62,6 +63,12 @@ class KeyStatus:
     leftover: list[dict[str, Any]]
     # The registered kinds, in order: one column each where counts per kind are shown.
     kinds: tuple[Kind, ...] = field(default_factory=all_kinds)
+    # Where the active key's key-encryption key lives: "sealed" (the installation's master
+    # key) or the provider of the customer's key service, its key reference, and what that
+    # service answered just now (portal/keys/wrapped.py's service_state).
+    custody: str = "sealed"
+    key_ref: str | None = None
+    key_service: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """Return the status as plain JSON values (no key material: fingerprints only)."""
@@ -74,6 +81,10 @@ class KeyStatus:
             "rotation_due": self.rotation_due.isoformat() if self.rotation_due else None,
             "access_revoked": self.access_revoked,
             "rotation_overdue": self.rotation_overdue,
+            "custody": self.custody,
+            "key_ref": self.key_ref,
+            "key_service": self.key_service["state"] if self.key_service else None,
+            "key_service_detail": self.key_service,
             "keys": [
                 {k: v for k, v in key.items() if k != "row"} | {"items": key["items"]}
                 for key in self.keys
@@ -96,6 +107,9 @@ def status(session: Session, org: Organization, now: datetime | None = None) -> 
                 "fingerprint": row.fingerprint,
                 "state": loaded.effective_state(row),
                 "origin": row.origin,
+                "custody": row.custody if row.external else "sealed",
+                "key_ref": row.key_ref,
+                "reason": loaded.code(row),
                 "created_at": row.created_at.isoformat(),
                 "state_changed_at": row.state_changed_at.isoformat(),
                 "state_changed_by": row.state_changed_by,
@@ -114,7 +128,11 @@ def status(session: Session, org: Organization, now: datetime | None = None) -> 
         # The clock runs from when the key began encrypting (its creation), so a revoke and
         # restore of an overdue key does not silence the warning.
         due = _aware(active.created_at) + timedelta(days=org.rotation_period_days)
+    external = active if active is not None and active.external else None
     return KeyStatus(
+        custody=external.custody if external else "sealed",
+        key_ref=external.key_ref if external else None,
+        key_service=service_state(external) if external else None,
         org=org,
         byok_enabled=enabled,
         byok_required=policy.byok_required(org),

@@ -12,7 +12,13 @@ from typing import Protocol
 
 from portal import crypto
 from portal.keys import custody as registry
-from portal.keys.custody import CustodyError, KeyRef, KeyServiceClient
+from portal.keys.custody import (
+    CustodyError,
+    KeyAccessRevoked,
+    KeyRef,
+    KeyServiceClient,
+    KeyServiceUnreachable,
+)
 from portal.keys.custody.keyservice import wrap_context
 
 
@@ -78,3 +84,41 @@ def rewrap_row(row: ExternalRow, new_ref: KeyRef) -> bytes:
     return client.rewrap(
         row_ref(row), row.sealed, wrap_context(row.company_id, row.key_id), new_ref
     )
+
+
+def service_state(row: ExternalRow) -> dict[str, object]:
+    """Ask the customer's service about the row's key now: what the status panel shows.
+
+    ``state`` is reachable, unreachable or denied; with the key's version, the last
+    successful call of this process and when the cached data key expires.
+    """
+    try:
+        client = client_for(row.custody)
+    except CustodyError as exc:
+        return {"state": "unreachable", "error": str(exc), "label": row.custody, "version": None}
+    ref = row_ref(row)
+    state, version, error = "reachable", None, None
+    try:
+        version = client.describe(ref).version
+    except KeyServiceUnreachable as exc:
+        state, error = "unreachable", str(exc)
+    except KeyAccessRevoked as exc:
+        state, error = "denied", str(exc)
+    except CustodyError as exc:
+        error = str(exc)
+    health = client.health()
+    expires = (
+        client.cached_until(ref, row.sealed, wrap_context(row.company_id, row.key_id))
+        if row.sealed is not None
+        else None
+    )
+    return {
+        "state": state,
+        "label": client.label,
+        "ref_label": client.ref_label,
+        "version": version,
+        "error": error,
+        "last_success": health.last_success.isoformat() if health.last_success else None,
+        "cache_expires": expires.isoformat() if expires else None,
+        "cache_seconds": client.cache_seconds,
+    }

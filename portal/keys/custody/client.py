@@ -114,6 +114,11 @@ class KeyServiceClient:
         self._remember(ref, wrapped, context, key)
         return key
 
+    def round_trip(self, ref: KeyRef, data_key: bytes, context: WrapContext) -> bytes:
+        """Wrap and unwrap a throwaway key (Test): nothing is cached."""
+        wrapped = self._call(lambda: self.service.wrap(ref, data_key, context))
+        return self._call(lambda: self.service.unwrap(ref, wrapped, context))
+
     def rewrap(self, ref: KeyRef, wrapped: bytes, context: WrapContext, new_ref: KeyRef) -> bytes:
         """Wrap the same data key under new_ref's key (newest version)."""
         return self._call(lambda: self.service.rewrap(ref, wrapped, context, new_ref))
