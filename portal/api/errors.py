@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from flask import jsonify
-from sqlalchemy.exc import IntegrityError, OperationalError
+from flask import g, jsonify, request
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm.exc import StaleDataError
 
 from portal.api import bp
+from portal.audit import aggregate
+from portal.audit.actions import Action
 from portal.db import get_session
+from portal.keys import policy
 from portal.keys.policy import ByokRequired
 from portal.keys.service import KeyUnavailable
 
@@ -35,13 +38,41 @@ def _key_unavailable(exc: KeyUnavailable):
     A key service that refused access answers 403 (retrying will not help until the customer
     restores access); one that did not answer, 503 with Retry-After (the breaker's pause).
     """
-    get_session().rollback()
+    session = get_session()
+    session.rollback()
+    _audit_key_service(session, exc)
     response = jsonify(error=exc.code, message=str(exc))
     if exc.code == "key_access_revoked":
         return response, 403
     if exc.code == "key_service_unreachable":
         response.headers["Retry-After"] = str(max(1, exc.retry_after))
     return response, 503
+
+
+def _audit_key_service(session, exc: KeyUnavailable) -> None:
+    """Record a write the key service refused or left unanswered, aggregated per minute."""
+    action = {
+        "key_access_revoked": Action.KEY_SERVICE_DENIED,
+        "key_service_unreachable": Action.KEY_SERVICE_UNREACHABLE,
+    }.get(exc.code)
+    company_id = getattr(g, "company_id", None)
+    if action is None or company_id is None:
+        return
+    active = policy.active_key(session, company_id)
+    key_id = active.key_id if active is not None else "unknown"
+    try:
+        aggregate.record(
+            session,
+            company_id,
+            key_id,
+            "writes",
+            [f"{request.method} {request.path}"],
+            getattr(g, "api_token", None),
+            action=action,
+        )
+        session.commit()
+    except SQLAlchemyError:
+        session.rollback()  # the refusal itself is still answered
 
 
 @bp.errorhandler(OperationalError)
