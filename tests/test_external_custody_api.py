@@ -54,11 +54,11 @@ def app(service, app_config: dict) -> Iterator[Flask]:
         clean(application)
 
 
-def _connect(app: Flask, org: Organization, provider: str, ref: str) -> OrgKey:
+def _connect(app: Flask, org: dict, provider: str, ref: str) -> OrgKey:
     """Test and connect the key as an admin would; return the new external key row."""
     with app.app_context():
         db = get_session()
-        org = db.get(Organization, org.id)
+        org = db.get(Organization, org["id"])
         with key_operation(db):
             info = external.test_connection(db, org, "cli", provider, ref)
             assert info.version
@@ -89,7 +89,7 @@ def test_connected_key_encrypts_and_revocation_bites_within_the_cache_time(
 ) -> None:
     ref = service.new_key()
     row = _connect(app, orgs["a"], service.provider, ref)
-    api = Api.for_org(app, orgs["a"].id)
+    api = Api.for_org(app, orgs["a"]["id"])
     conv = api.conversation("hello")
     api.message(conv, "secret words")
     assert _message_state(api, conv) == "secret words"
@@ -122,7 +122,7 @@ def test_an_unreachable_service_answers_503_with_retry_after_then_recovers(
 ) -> None:
     ref = service.new_key()
     _connect(app, orgs["a"], service.provider, ref)
-    api = Api.for_org(app, orgs["a"].id)
+    api = Api.for_org(app, orgs["a"]["id"])
     conv = api.conversation("hello")
     api.message(conv, "kept")
     service.stop()
@@ -157,7 +157,7 @@ def test_a_wrong_key_reference_is_refused_at_test_and_nothing_is_stored(
     wrong = ref + "-missing" if service.provider != "aws-kms" else ref[:-4] + "0000"
     with app.app_context():
         db = get_session()
-        org = db.get(Organization, orgs["a"].id)
+        org = db.get(Organization, orgs["a"]["id"])
         with pytest.raises(KeyOperationError) as refused, key_operation(db):
             external.test_connection(db, org, "cli", service.provider, wrong)
         db.commit()
@@ -173,7 +173,7 @@ def test_a_wrong_key_reference_is_refused_at_test_and_nothing_is_stored(
 def test_rewrap_rewrites_only_the_wrapped_data_key(app: Flask, orgs: dict, service) -> None:
     ref = service.new_key()
     row = _connect(app, orgs["a"], service.provider, ref)
-    api = Api.for_org(app, orgs["a"].id)
+    api = Api.for_org(app, orgs["a"]["id"])
     conv = api.conversation("hello")
     for n in range(5):
         api.message(conv, f"m{n}")
@@ -182,7 +182,7 @@ def test_rewrap_rewrites_only_the_wrapped_data_key(app: Flask, orgs: dict, servi
         db = get_session()
         before_rows = {m.id: bytes(m.body_ct) for m in db.scalars(select(Message))}
         before_wrapped = bytes(db.get(OrgKey, row.id).sealed)
-        org = db.get(Organization, orgs["a"].id)
+        org = db.get(Organization, orgs["a"]["id"])
         with key_operation(db):
             rewrapped = external.rewrap(db, org, "cli", other)
         db.commit()
@@ -205,7 +205,7 @@ def test_no_data_key_in_the_clear_in_the_database_redis_or_logs(
 ) -> None:
     ref = service.new_key()
     row = _connect(app, orgs["a"], service.provider, ref)
-    api = Api.for_org(app, orgs["a"].id)
+    api = Api.for_org(app, orgs["a"]["id"])
     conv = api.conversation("hello")
     api.message(conv, "x")
     with app.app_context():
@@ -219,7 +219,7 @@ def test_another_organisations_wrapped_key_does_not_unwrap(app: Flask, orgs: dic
     row = _connect(app, orgs["a"], service.provider, ref)
     with app.app_context():
         moved = OrgKey(
-            company_id=orgs["b"].id,
+            company_id=orgs["b"]["id"],
             key_id=row.key_id,
             state="active",
             origin="external",
