@@ -25,6 +25,7 @@ from portal.keys import export as export_module
 from portal.keys import operations as ops
 from portal.keys.models import OrgKey
 from portal.models import Organization
+from tests.support.docs import doc_snippet
 from tests.support.processes import run_cli
 from tests.support.web import MASTER_KEY_B64
 
@@ -34,12 +35,6 @@ METADATA = {"nested": {"a": [1, 2, {"b": "é"}]}, "n": 3, "ok": True}
 BODIES = ["hello", "", "ünïcode 🎉 " * 50]
 CONTENT = bytes(range(256)) * 40
 FILENAME = "résumé.pdf"
-
-
-def doc_snippet(marker: str) -> str:
-    """The Python block of docs/format.md between two ``<!-- marker -->`` comments."""
-    block = DOC.read_text(encoding="utf-8").split(f"<!-- {marker} -->", 2)[1]
-    return block.split("```python", 1)[1].split("```", 1)[0]
 
 
 def setup_org(app: Flask, slug: str, key: bytes | None) -> dict:

@@ -2,7 +2,9 @@
 
 Every record holds ciphertext exactly as stored, the key it is under (key id and
 fingerprint) and the four associated-data fields of each value; never a key or a sealed
-key. Rows are read in id-keyset chunks, so memory stays flat however much there is.
+key. A key held in the organisation's own key service comes with its wrapped data key,
+which only that service can unwrap. Rows are read in id-keyset chunks, so memory stays
+flat however much there is.
 Every registered kind of encrypted data (portal/chat/kinds.py) is exported; ``SHAPES``
 gives the record name and encodings of the kinds the format documents.
 """
@@ -25,6 +27,7 @@ from portal import crypto
 from portal.chat import kinds
 from portal.chat.service import iso
 from portal.db import utcnow
+from portal.keys.custody.keyservice import wrap_context
 from portal.keys.models import OrgKey
 from portal.models import Organization
 
@@ -107,7 +110,7 @@ def _key_records(session: Session, org: Organization) -> Iterator[dict[str, Any]
         select(OrgKey).where(OrgKey.company_id == org.id).order_by(OrgKey.created_at)
     )
     for row in keys:
-        yield {
+        record = {
             "record": "key",
             "key_id": row.key_id,
             "fingerprint": _fingerprint(row.key_id),
@@ -115,6 +118,21 @@ def _key_records(session: Session, org: Organization) -> Iterator[dict[str, Any]
             "origin": row.origin,
             "created_at": iso(row.created_at),
         }
+        if row.external and row.sealed is not None:
+            # Only the customer's own key service can unwrap it: the export stays key-free.
+            record["wrapped_key"] = wrapped_record(row)
+        yield record
+
+
+def wrapped_record(row: OrgKey) -> dict[str, Any]:
+    """The wrapped data key of an external key, and what its service needs to unwrap it."""
+    return {
+        "custody": row.custody,
+        "key_ref": row.key_ref,
+        "role_arn": row.role_arn,
+        "context": wrap_context(row.company_id, row.key_id),
+        "wrapped": base64.b64encode(bytes(row.sealed or b"")).decode("ascii"),
+    }
 
 
 def records(session: Session, org: Organization) -> Iterator[dict[str, Any]]:
