@@ -6,6 +6,7 @@ import json
 import sys
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import click
 from flask import current_app
@@ -14,12 +15,15 @@ from sqlalchemy.orm import Session
 
 from portal.audit.actions import Action
 from portal.cli import common
+from portal.cli import keys_external as external
 from portal.cli.common import ACTOR, CliError, db, org_or_fail, read_secret
+from portal.keys.custody.keyservice import PROVIDERS
 from portal.keys.errors import KeyOperationError, audit_refusal
 from portal.keys.transaction import key_operation
 from portal.models import Organization
 
 Operation = Callable[[Session, Organization], str]
+RunStart = Callable[[Session, Organization], Any]
 
 
 @click.group(cls=AppGroup)
@@ -65,6 +69,7 @@ def status_lines(info: dict) -> str:
         f"BYOK: {'on' if info['byok_enabled'] else 'off'}"
         + (" (required)" if info["byok_required"] else ""),
         f"active key: {info['active_fingerprint'] or '-'}",
+        *external.custody_lines(info),
     ]
     if info["rotation_due"]:
         overdue = " OVERDUE" if info["rotation_overdue"] else ""
@@ -78,7 +83,7 @@ def status_lines(info: dict) -> str:
 @click.option("--org", "org_slug", required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def key_status(org_slug: str, as_json: bool) -> None:
-    """Show BYOK state, keys (fingerprint, state, origin) and item counts."""
+    """Show BYOK state, custody and key service, keys (fingerprint, state, origin), items."""
     from portal.keys.operations import status
 
     def show(session: Session, org: Organization) -> str:
@@ -102,6 +107,23 @@ def key_enable(org_slug: str) -> None:
         return f"BYOK enabled for {org.slug} with key {row.fingerprint} ({row.origin})"
 
     key_op(org_slug, run)
+
+
+@key.command("connect")
+@click.option("--org", "org_slug", required=True)
+@click.option("--provider", required=True, type=click.Choice(PROVIDERS), help="Key service.")
+@click.option(
+    "--key-ref",
+    required=True,
+    help="Transit key name, PKCS#11 key label or KMS key ARN (a reference, never a secret).",
+)
+@click.option("--role-arn", help="AWS only: a role to assume (ExternalId = organisation id).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def key_connect(
+    org_slug: str, provider: str, key_ref: str, role_arn: str | None, as_json: bool
+) -> None:
+    """Test a key in your key service, then enable BYOK with a data key it wraps."""
+    key_op(org_slug, external.connect_operation(provider, key_ref, role_arn, as_json))
 
 
 @key.command("disable")
@@ -194,20 +216,73 @@ def rotation_keys() -> tuple[str, str]:
     return lines[0], lines[1]
 
 
-@key.command("rotate")
-@click.option("--org", "org_slug", required=True)
-def key_rotate(org_slug: str) -> None:
-    """Rotate: current key, then new key, one per line on standard input; prints the run id."""
+def start_run(org_slug: str, start: RunStart) -> None:
+    """Start a run as actor 'cli', print its id and queue its ranges for the workers."""
     from portal.rotation.queue import enqueue_ranges
-    from portal.rotation.start import start_rotation
 
-    current, new = rotation_keys()
-    run_ids: list[str] = []
+    run_ids: list[uuid.UUID] = []
 
     def run(session: Session, org: Organization) -> str:
-        started = start_rotation(session, org, ACTOR, current, new)
-        run_ids.append(str(started.id))
+        started = start(session, org)
+        run_ids.append(started.id)
         return str(started.id)
 
     key_op(org_slug, run, audit_as=Action.ROTATION_STARTED)
-    enqueue_ranges(current_app._get_current_object(), uuid.UUID(run_ids[0]))
+    enqueue_ranges(current_app._get_current_object(), run_ids[0])
+
+
+def reencryption_keys(org_slug: str, to_sealed: bool) -> tuple[str | None, str | None]:
+    """Read what a full re-encryption needs: the current key only when it is sealed here."""
+    if external.active_is_sealed(org_slug):
+        return rotation_keys() if to_sealed else (read_secret("Current key"), None)
+    return None, read_secret("New key") if to_sealed else None
+
+
+@key.command("rotate")
+@click.option("--org", "org_slug", required=True)
+@click.option(
+    "--rewrap",
+    is_flag=True,
+    help="Re-wrap the stored data keys under the newest version of the key in your key "
+    "service (or under --key-ref); no data is re-encrypted.",
+)
+@click.option(
+    "--to-provider",
+    type=click.Choice(PROVIDERS),
+    help="Full re-encryption onto a new data key wrapped by --key-ref in this key service.",
+)
+@click.option(
+    "--to-sealed",
+    is_flag=True,
+    help="Full re-encryption onto a new sealed key read like the plain rotation's new key.",
+)
+@click.option("--key-ref", help="The key in your key service (--rewrap, --to-provider).")
+@click.option("--role-arn", help="AWS only: a role to assume with --key-ref.")
+def key_rotate(
+    org_slug: str,
+    rewrap: bool,
+    to_provider: str | None,
+    to_sealed: bool,
+    key_ref: str | None,
+    role_arn: str | None,
+) -> None:
+    """Rotate: current key, then new key, one per line on standard input; prints the run id.
+
+    With --rewrap only the wrapped data keys are rewritten. With --to-provider or
+    --to-sealed every item is re-encrypted under a new data key (the current key is read
+    first only when it is sealed here); prints the run id.
+    """
+    from portal.rotation.start import start_rotation
+
+    mode = external.rotate_mode(rewrap, to_provider, to_sealed, key_ref, role_arn)
+    if mode == "rewrap":
+        key_op(org_slug, external.rewrap_operation(key_ref, role_arn))
+        return
+    if mode == "reencrypt":
+        current, new = reencryption_keys(org_slug, to_sealed)
+        start_run(
+            org_slug, external.reencryption_start(to_provider, key_ref, role_arn, current, new)
+        )
+        return
+    current, new = rotation_keys()
+    start_run(org_slug, lambda session, org: start_rotation(session, org, ACTOR, current, new))
