@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from portal import crypto  # noqa: E402
-from portal.chat.service import ad  # noqa: E402
+from portal.chat.kinds import associated_data as ad  # noqa: E402
 
 MESSAGE_BYTES = 300
 ATTACHMENT_BYTES = 256 * 1024
