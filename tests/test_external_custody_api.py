@@ -8,6 +8,7 @@ data row, a wrong key reference refused at Test, and no data key in the clear an
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from portal.audit.models import AuditEvent
 from portal.chat.models import Message
 from portal.db import get_session
 from portal.keys import external
+from portal.keys import operations as ops
 from portal.keys.custody import CustodyError
 from portal.keys.errors import KeyOperationError
 from portal.keys.models import OrgKey
@@ -232,3 +234,39 @@ def test_another_organisations_wrapped_key_does_not_unwrap(app: Flask, orgs: dic
         with pytest.raises(CustodyError) as refused:
             unwrap_row(moved)
         assert refused.value.code == "key_unavailable"
+
+
+def test_the_portals_kill_switch_and_restore_refuse_an_external_key(
+    app: Flask, orgs: dict, service
+) -> None:
+    ref = service.new_key()
+    row = _connect(app, orgs["a"], service.provider, ref)
+    with app.app_context():
+        db = get_session()
+        org = db.get(Organization, orgs["a"]["id"])
+        with pytest.raises(KeyOperationError) as refused, key_operation(db):
+            ops.revoke(db, org, "cli", org.slug)
+        assert refused.value.code == "external_key"
+        kept = db.get(OrgKey, row.id)
+        assert kept.state == "active" and kept.sealed == row.sealed
+        # Even holding the data key itself (the test can unwrap it) restores nothing.
+        data_key = unwrap_row(kept)
+        with pytest.raises(KeyOperationError) as refused, key_operation(db):
+            ops.restore(db, org, "cli", base64.b64encode(data_key).decode())
+        assert refused.value.code == "external_key"
+
+
+def test_a_connect_the_service_refuses_changes_nothing(app: Flask, orgs: dict, service) -> None:
+    ref = service.new_key()
+    service.revoke(ref)
+    try:
+        with app.app_context():
+            db = get_session()
+            org = db.get(Organization, orgs["a"]["id"])
+            before = [(k.key_id, k.state) for k in db.scalars(select(OrgKey))]
+            with pytest.raises(KeyOperationError), key_operation(db):
+                external.connect(db, org, "cli", service.provider, ref)
+            db.expire_all()
+            assert [(k.key_id, k.state) for k in db.scalars(select(OrgKey))] == before
+    finally:
+        service.restore(ref)

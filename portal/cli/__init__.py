@@ -12,7 +12,7 @@ import click
 from flask import Flask
 from flask.cli import FlaskGroup
 
-from portal.cli import audit, data, keys, orgs, rotation, run
+from portal.cli import audit, custody, data, keys, orgs, rotation, run
 
 
 def _create_app() -> Flask:
@@ -46,7 +46,7 @@ def main() -> None:
 main.commands.pop("run", None)
 for command in (*orgs.COMMANDS, *run.COMMANDS):
     main.add_command(command)
-for group in (keys.key, rotation.rotation, audit.audit, data.data):
+for group in (keys.key, rotation.rotation, audit.audit, data.data, custody.custody):
     main.add_command(group)
 
 __all__ = ["main"]

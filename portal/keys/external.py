@@ -151,10 +151,12 @@ def connect(
             "(full re-encryption).",
             code="already_enabled",
         )
+    # The key service is asked first: a refusal leaves nothing changed but its audit event.
+    label = actor_label(actor)
+    row = store_external_key(session, org.id, ref, state="decrypt_only", actor=label)
     if current is not None:
-        mark_state(current, "decrypt_only", actor_label(actor))
-    row = store_external_key(session, org.id, ref, state="active", actor=actor_label(actor))
-    forget_cached_keys()
+        mark_state(current, "decrypt_only", label)
+    mark_state(row, "active", label)
     emit(
         session,
         Action.BYOK_ENABLED,
@@ -231,13 +233,14 @@ def rewrap(
         )
     )
     before = sorted({r.key_ref or "" for r in rows})
-    # All or nothing: the caller's transaction stores every new wrapped copy or none.
-    for row in rows:
-        try:
-            row.sealed = rewrap_row(row, target)
-        except CustodyError as exc:
-            raise service_refusal(exc, target) from None
-        row.key_ref, row.role_arn = target.ref, target.role_arn
+    # All or nothing: every copy is re-wrapped before any row changes, so a refusal half-way
+    # leaves the rows as they were (only its audit event is kept).
+    try:
+        rewrapped = [rewrap_row(row, target) for row in rows]
+    except CustodyError as exc:
+        raise service_refusal(exc, target) from None
+    for row, wrapped in zip(rows, rewrapped, strict=True):
+        row.sealed, row.key_ref, row.role_arn = wrapped, target.ref, target.role_arn
     session.flush()
     client = registry.key_service(active.custody)
     if client is not None:

@@ -57,6 +57,14 @@ def restore(session: Session, org: Organization, actor: Any, text: str) -> OrgKe
             code="unknown_key",
             details={"fingerprint": fp},
         )
+    if row.external:
+        raise KeyOperationError(
+            f"Key {fp} is held in your key service ({row.key_ref}): it is readable again as soon "
+            "as the key service allows access, with nothing to paste here.",
+            field="key",
+            code="external_key",
+            details={"fingerprint": fp},
+        )
     if loaded.effective_state(row) not in ("lost", "unavailable"):
         raise KeyOperationError(
             f"Key {fp} is {row.state}; there is nothing to restore.",
@@ -100,6 +108,14 @@ def revoke(session: Session, org: Organization, actor: Any, confirm_slug: str) -
     current = policy.active_key(session, org.id)
     if current is None or current.origin == "platform":
         raise KeyOperationError("There is no BYOK key to revoke.", code="not_enabled")
+    if current.external:
+        # Destroying the wrapped copy would lose the data for good (there is no backup of a
+        # data key to paste back); the customer's own service is the kill switch.
+        raise KeyOperationError(
+            f"This key is held in your key service ({current.key_ref}): revoke the portal's "
+            "access there; reads and writes stop within the data-key cache time.",
+            code="external_key",
+        )
     confirm_slug_typed(org, confirm_slug)
     current.sealed = None
     mark_state(current, "unavailable", actor_label(actor))

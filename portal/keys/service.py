@@ -14,8 +14,7 @@ from portal import crypto
 from portal.config import ConfigError
 from portal.db import utcnow
 from portal.keys import custody as registry
-from portal.keys.custody import CustodyError, KeyCustody
-from portal.keys.custody.audit_key import MasterKeyAuditSource
+from portal.keys.custody import CustodyError, KeyCustody, master_service
 from portal.keys.custody.master_key import load_configured
 from portal.keys.models import OrgKey
 from portal.keys.wrapped import unwrap_row
@@ -43,21 +42,27 @@ class KeyUnavailable(RuntimeError):
 def init_app(app: Flask, create_master_key: bool = False) -> None:
     """Load the master key, start the custody backends, and set up the audit signing key."""
     name = app.config.get("KEY_CUSTODY") or registry.DEFAULT
+    in_service = master_service.master_ref(app.config)
+    if in_service is not None and name == registry.DEFAULT:
+        # The master key lives in Transit or an HSM: new keys are sealed through it.
+        name = master_service.NAMES[in_service.provider]
     try:
         registry.get(name)
     except CustodyError as exc:
         raise ConfigError(f"KEY_CUSTODY: {exc}") from None
-    master, source = load_configured(app.config, create=create_master_key)
+    # No key file is made then; one still present opens keys sealed before `custody migrate`.
+    create_file = create_master_key and in_service is None
+    master, source = load_configured(app.config, create=create_file)
     backends = registry.start(registry.Startup(app.config, master))
     app.extensions["custody_backends"] = backends
     app.extensions["custody"] = backends.get(name)
     services, problems = registry.start_services(app.config)
     app.extensions["key_services"] = services
     app.extensions["key_service_problems"] = problems
-    audit_source = MasterKeyAuditSource(master)
+    audit_source = master_service.audit_source(app.config, services, master, create_master_key)
     app.extensions["audit_key_source"] = audit_source
     app.extensions["audit_signing_key"] = audit_source.signing_key()
-    app.extensions["master_key_source"] = source
+    app.extensions["master_key_source"] = master_service.source_label(app.config, master, source)
 
 
 def custody() -> KeyCustody | None:
@@ -89,7 +94,7 @@ def store_key(
         key_id=key_id_hex,
         state=state,
         origin=origin,
-        sealed=backend.seal(key, seal_context(org_id, key_id_hex)),
+        sealed=_seal(backend, key, seal_context(org_id, key_id_hex)),
         custody=backend.name,
         created_by=actor,
         state_changed_by=actor,
@@ -97,6 +102,16 @@ def store_key(
     session.add(row)
     session.flush()
     return row
+
+
+def _seal(backend: KeyCustody, key: bytes, context: bytes) -> bytes:
+    """Seal with the backend; a master key service that refuses or is down is KeyUnavailable."""
+    try:
+        return backend.seal(key, context)
+    except CustodyError as exc:
+        raise KeyUnavailable(
+            f"the key could not be sealed: {exc}", exc.code, getattr(exc, "retry_after", 0)
+        ) from None
 
 
 def create_platform_key(session: Session, org: Organization) -> OrgKey:
@@ -243,16 +258,18 @@ def encrypting_keyring(session: Session, company_id: uuid.UUID) -> crypto.Keyrin
     if loaded.keyring.encrypting_key_id is None:
         active = next((r for r in loaded.rows if r.state == "active"), None)
         code = loaded.code(active) if active is not None else None
+        # An organisation's own key service, or the one holding the installation master key.
+        where = (active.key_ref if active is not None else None) or "the installation master key"
         if code == "key_access_revoked":
             raise KeyUnavailable(
-                f"the organisation's key service refused access to its key ({active.key_ref}); "
-                "nothing was stored. Access comes back once the key service allows it again.",
+                f"the key service refused access to the organisation's key ({where}); nothing "
+                "was stored. Access comes back once the key service allows it again.",
                 code,
             )
         if code == "key_service_unreachable":
             raise KeyUnavailable(
-                f"the organisation's key service did not answer ({active.key_ref}); nothing "
-                f"was stored. Try again in {loaded.retry_after} s.",
+                f"the key service holding the organisation's key did not answer ({where}); "
+                f"nothing was stored. Try again in {loaded.retry_after} s.",
                 code,
                 loaded.retry_after,
             )

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from sqlalchemy.orm import Session
 
 from portal.keys.errors import KeyOperationError
+from portal.keys.service import KeyUnavailable
 
 
 @contextmanager
@@ -23,6 +24,11 @@ def key_operation(session: Session) -> Iterator[Session]:
     except KeyOperationError:
         session.commit()
         raise
+    except KeyUnavailable as exc:
+        # A key could not be sealed or unsealed (a master key service that refused or did not
+        # answer): nothing of the attempt is kept, and people get the reason, not an error page.
+        session.rollback()
+        raise KeyOperationError(str(exc), code=exc.code) from None
     except BaseException:
         session.rollback()
         raise

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from flask import current_app
 
-from portal.keys.custody import aws_kms, master_key, pkcs11_hsm, vault_transit
+from portal.keys.custody import aws_kms, master_key, master_service, pkcs11_hsm, vault_transit
 from portal.keys.custody.base import (
     CustodyError,
     Factory,
@@ -175,3 +175,6 @@ register(master_key.NAME, master_key.start)
 register_service("vault-transit", vault_transit.start)
 register_service("pkcs11", pkcs11_hsm.start)
 register_service("aws-kms", aws_kms.start)
+# The installation master key held in Transit or an HSM (MASTER_KEY_PROVIDER).
+register(master_service.VAULT_TRANSIT, master_service.start_vault_transit)
+register(master_service.PKCS11, master_service.start_pkcs11)
