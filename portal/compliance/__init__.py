@@ -4,4 +4,10 @@ from flask import Blueprint
 
 bp = Blueprint("compliance", __name__, url_prefix="/settings/compliance")
 
-from portal.compliance import key_loss, rotation_start, views  # noqa: E402,F401
+from portal.compliance import (  # noqa: E402,F401
+    connect,
+    key_loss,
+    reencrypt,
+    rotation_start,
+    views,
+)

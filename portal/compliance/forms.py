@@ -57,3 +57,40 @@ class RotateForm(FlaskForm):
     new_key = TextAreaField("New key (base64)", validators=[Length(max=4096)])
     tested_fingerprint = HiddenField()
     password = PasswordField("Your password", validators=[Optional(), Length(max=1024)])
+
+
+class ConnectForm(FlaskForm):
+    """Connect a key in the organisation's key service: provider, key reference, AWS role.
+
+    None of these is a secret: the key itself never leaves the customer's service.
+    """
+
+    provider = StringField("Key service", validators=[Length(max=50)])
+    key_ref = StringField("Key reference", validators=[Length(max=2048)])
+    role_arn = StringField("Role to assume (optional)", validators=[Length(max=2048)])
+    # The reference Test passed for (external.tested_marker), never anything secret.
+    tested = HiddenField()
+    password = PasswordField("Your password", validators=[Optional(), Length(max=1024)])
+
+
+class RewrapForm(FlaskForm):
+    """Re-wrap: the same key's newest version, or another key of the same key service."""
+
+    key_ref = StringField("New key reference (optional)", validators=[Length(max=2048)])
+    role_arn = StringField("Role to assume (optional)", validators=[Length(max=2048)])
+    password = PasswordField("Your password", validators=[Optional(), Length(max=1024)])
+
+
+class ReencryptForm(ConnectForm):
+    """Full re-encryption to a new data key wrapped by a key in a key service."""
+
+    # Only when the active key is sealed: proving it, as a rotation does.
+    current_key = TextAreaField("Current key (base64)", validators=[Length(max=4096)])
+
+
+class ReencryptSealedForm(FlaskForm):
+    """Full re-encryption from a key-service key to a new sealed key (generated or imported)."""
+
+    new_key = TextAreaField("New key (base64)", validators=[Length(max=4096)])
+    tested_fingerprint = HiddenField()
+    password = PasswordField("Your password", validators=[Optional(), Length(max=1024)])

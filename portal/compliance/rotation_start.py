@@ -110,7 +110,7 @@ def rotate_start():
             "rotate", form, org, tested=tested, tested_field="new_key", rotate_tested=tested
         )
     forget_generated(tested)
-    return _queued(run.id)
+    return queued(run.id)
 
 
 @bp.post("/byok/encrypt-existing")
@@ -144,10 +144,10 @@ def _start_move(name: str, start: Callable[..., Any]):
     )
     if run is None:
         return refused(name, form, org)
-    return _queued(run.id)
+    return queued(run.id)
 
 
-def _queued(run_id: Any):
+def queued(run_id: Any):
     """Queue a started run's ranges (it is committed) and go to its progress page."""
     from portal.rotation.queue import enqueue_ranges
 

@@ -12,12 +12,17 @@ from flask_wtf import FlaskForm
 from portal import crypto
 from portal.audit.actions import Action
 from portal.auth import reauth
+from portal.compliance import custody
 from portal.compliance.forms import (
     ConfirmForm,
+    ConnectForm,
     DisableForm,
     GenerateForm,
     KeyForm,
+    ReencryptForm,
+    ReencryptSealedForm,
     RestoreForm,
+    RewrapForm,
     RotateForm,
 )
 from portal.db import get_session
@@ -39,6 +44,10 @@ FORMS = {
     "generate": GenerateForm,
     "rotate": RotateForm,
     "leftover": GenerateForm,  # "Move them to the active key" (CSRF token only)
+    "connect": ConnectForm,
+    "rewrap": RewrapForm,
+    "reencrypt": ReencryptForm,
+    "reencrypt_sealed": ReencryptSealedForm,
 }
 
 
@@ -92,12 +101,19 @@ def forms(**given: FlaskForm) -> dict[str, FlaskForm]:
 def context(org: Organization, **extra: Any) -> dict[str, Any]:
     """Everything the page and its fragments render from."""
     eligible = policy.byok_eligible(org)
+    status = ops.status(get_session(), org) if eligible else None
+    services = custody.choices()
     return {
         "org": org,
         "deployment": current_app.config["BYOK_DEPLOYMENT"],
         "isolated": policy.isolated(org),
         "eligible": eligible,
-        "status": ops.status(get_session(), org) if eligible else None,
+        "status": status,
+        "services": services,
+        "custody": custody.panel(status, services),
+        "reason_words": custody.REASON_WORDS,
+        "how_to_configure": custody.HOW_TO_CONFIGURE,
+        "kms_cache_seconds": current_app.config.get("KMS_CACHE_SECONDS", 300),
         "read_only": current_user.role != "admin",
         "sales_url": current_app.config["SALES_URL"],
         "reauth_fresh": reauth.is_fresh(),
