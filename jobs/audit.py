@@ -17,6 +17,6 @@ def flush_decrypt_failures(
     app = job_app()
     with app.app_context():
         db = get_session()
-        count = aggregate.flush(db, uuid.UUID(company_id), key_id, minute, Action(action))
+        count = aggregate.flush(db, uuid.UUID(company_id), key_id, minute, action)
         db.commit()
         return count

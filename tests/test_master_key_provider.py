@@ -25,7 +25,7 @@ from portal.audit.models import AuditEvent
 from portal.db import get_session
 from portal.keys.custody import CustodyError, KeyAccessRevoked, KeyServiceUnreachable
 from portal.keys.models import OrgKey
-from portal.keys.service import custody, seal_context
+from portal.keys.service import KeyUnavailable, custody, seal_context
 from portal.orgs import create_org
 from tests.support.api import Api
 from tests.support.cli import Ran, invoke
@@ -260,7 +260,7 @@ def test_custody_migrate_refuses_when_the_target_is_not_running(
         assert ran.returncode == 1 and "not configured" in ran.stderr, ran.stderr
         with unconfigured.app_context():
             db = get_session()
-            with pytest.raises(CustodyError, match="not configured"):
+            with pytest.raises(KeyUnavailable, match="not configured"):
                 create_org(db, "Sealed Nowhere", "org_community")
             db.rollback()
     assert {r.custody for r in rows(app)} == {"master-key"}

@@ -49,14 +49,17 @@ def _key_unavailable(exc: KeyUnavailable):
     return response, 503
 
 
+# How a write the organisation's key service refused or left unanswered is audited.
+KEY_SERVICE_REFUSALS = {
+    "key_access_revoked": Action.KEY_SERVICE_DENIED,
+    "key_service_unreachable": Action.KEY_SERVICE_UNREACHABLE,
+}
+
+
 def _audit_key_service(session, exc: KeyUnavailable) -> None:
     """Record a write the key service refused or left unanswered, aggregated per minute."""
-    action = {
-        "key_access_revoked": Action.KEY_SERVICE_DENIED,
-        "key_service_unreachable": Action.KEY_SERVICE_UNREACHABLE,
-    }.get(exc.code)
     company_id = getattr(g, "company_id", None)
-    if action is None or company_id is None:
+    if exc.code not in KEY_SERVICE_REFUSALS or company_id is None:
         return
     active = policy.active_key(session, company_id)
     key_id = active.key_id if active is not None else "unknown"
@@ -68,7 +71,7 @@ def _audit_key_service(session, exc: KeyUnavailable) -> None:
             "writes",
             [f"{request.method} {request.path}"],
             getattr(g, "api_token", None),
-            action=action,
+            action=KEY_SERVICE_REFUSALS[exc.code],
         )
         session.commit()
     except SQLAlchemyError:

@@ -89,13 +89,13 @@ def _details(key_id: str, minute: str, kinds: dict[str, tuple[int, list[str]]]) 
     }
 
 
-# Failures aggregated this way: failed decryptions, and a key service that refused a use of
-# the organisation's key or did not answer (each counted apart, in its own bucket).
-AGGREGATED = (
-    Action.DECRYPT_FAILED,
-    Action.KEY_SERVICE_DENIED,
-    Action.KEY_SERVICE_UNREACHABLE,
-)
+# Failures aggregated this way, by name: failed decryptions, and a key service that refused a
+# use of the organisation's key or did not answer (each counted apart, in its own bucket).
+AGGREGATED = {
+    "encryption_key.decrypt_failed": Action.DECRYPT_FAILED,
+    "encryption_key.key_service_denied": Action.KEY_SERVICE_DENIED,
+    "encryption_key.key_service_unreachable": Action.KEY_SERVICE_UNREACHABLE,
+}
 
 
 def _bucket_key(
@@ -123,7 +123,7 @@ def record(
     ``actor`` is the API token, user or system label that read. ``action`` is one of
     AGGREGATED: failed decryptions by default.
     """
-    if action not in AGGREGATED:
+    if action not in AGGREGATED.values():
         raise ValueError(f"{action} is not an aggregated failure")
     now = now or datetime.now(UTC)
     minute = now.strftime("%Y-%m-%dT%H:%MZ")
@@ -225,18 +225,18 @@ def flush(
     company_id: uuid.UUID,
     key_id: str,
     minute: str,
-    action: Action = Action.DECRYPT_FAILED,
+    action_name: str = Action.DECRYPT_FAILED.value,
 ) -> int:
     """Write one event per actor with the failures counted after the first ones.
 
-    ``key_id`` is the hex key id or the fingerprint the first event shows. Returns the
-    number of failures written.
+    ``key_id`` is the hex key id or the fingerprint the first event shows; ``action_name``
+    one of AGGREGATED's names (as queued). Returns the number of failures written.
     """
     client = _redis()
     if client is None:
         return 0
     key_text = ",".join(_key_ids(key_id))
-    name = _bucket_key(company_id, key_text, minute, action)
+    name = _bucket_key(company_id, key_text, minute, AGGREGATED[action_name])
     pipe = client.pipeline()
     pipe.hgetall(name)
     pipe.delete(name)
@@ -248,7 +248,7 @@ def flush(
             continue
         emit(
             session,
-            action,
+            AGGREGATED[action_name],
             outcome="failure",
             actor=_actor(actor),
             company_id=company_id,

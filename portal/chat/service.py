@@ -182,9 +182,18 @@ class Reader:
     def record_failures(self, actor: Any) -> None:
         """Audit the request's failures: per key and minute, aggregated beyond the first."""
         from portal.audit import aggregate
+        from portal.audit.actions import Action
 
         for (key, table), items in self.failures.items():
-            aggregate.record(self.session, self.company_id, key, table, items, actor)
+            aggregate.record(
+                self.session,
+                self.company_id,
+                key,
+                table,
+                items,
+                actor,
+                action=Action.DECRYPT_FAILED,
+            )
         self.failures.clear()
 
 

@@ -29,7 +29,12 @@ def custody() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def custody_migrate(provider: str | None, as_json: bool) -> None:
     """Re-seal every key sealed by the master key file under the master key service."""
-    from portal.keys.custody_migrate import MigrationRefused, audit_refusal, migrate, target_name
+    from portal.keys.custody_migrate import (
+        MigrationRefused,
+        migrate,
+        record_refused_migration,
+        target_name,
+    )
 
     session = db()
     name = target_name(provider or current_app.config.get("MASTER_KEY_PROVIDER") or "file")
@@ -37,7 +42,7 @@ def custody_migrate(provider: str | None, as_json: bool) -> None:
         result = migrate(session, ACTOR, name)
     except MigrationRefused as exc:
         session.rollback()
-        audit_refusal(session, ACTOR, name, exc)
+        record_refused_migration(session, ACTOR, name, exc)
         session.commit()
         raise CliError(str(exc)) from None
     session.commit()

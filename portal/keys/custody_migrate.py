@@ -144,7 +144,9 @@ def migrate(session: Session, actor: Any, to_backend_name: str) -> dict[str, Any
     }
 
 
-def audit_refusal(session: Session, actor: Any, to_backend_name: str, exc: Exception) -> None:
+def record_refused_migration(
+    session: Session, actor: Any, to_backend_name: str, exc: Exception
+) -> None:
     """Record a refused migration in the installation's own audit chain."""
     emit(
         session,
