@@ -19,6 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from portal import crypto
 from portal.chat.kinds import Kind
 from portal.db import utcnow
+from portal.rotation.common import KeyServiceWait
 from portal.rotation.models import RotationFailure
 
 NO_ID = uuid.UUID(int=0)
@@ -154,6 +155,10 @@ def reencrypt(
                 aad = crypto.associated_data(cid, kind.table, column, rid)
                 new_values.append(bytes(ring.encrypt(ring.decrypt(blob, aad), aad)))
         except crypto.DecryptionError as exc:
+            if exc.reason in crypto.TEMPORARY_FAILURES:
+                # Not the item's fault: its key service refused or did not answer. The batch
+                # is rolled back and the range waits (portal.rotation.worker).
+                raise KeyServiceWait(exc.reason, "a key the run needs is not usable now") from None
             failed.append((row_id, exc.reason))
             continue
         # Every encryption draws a fresh random 96-bit nonce, so a value rewritten since it was

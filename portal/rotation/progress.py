@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from portal.chat import kinds
 from portal.db import utcnow
+from portal.rotation.common import waiting_for
 from portal.rotation.models import RotationRange, RotationRun
 from portal.rotation.states import ACTIVE_RUN_STATES, RunState
 
@@ -43,6 +44,12 @@ class Progress:
     def finished(self) -> bool:
         """Whether the run has ended (polling stops)."""
         return self.run.state not in ACTIVE_RUN_STATES
+
+    @property
+    def waiting_for(self) -> str | None:
+        """The reason code while the run waits for a key service (key_service_unreachable,
+        key_access_revoked), else None."""
+        return None if self.finished else waiting_for(self.run.error)
 
     @property
     def labelled(self) -> list[tuple[str, str, dict[str, int]]]:
@@ -101,6 +108,7 @@ class Progress:
             "items_per_second": round(self.items_per_second, 1),
             "mb_per_second": round(self.mb_per_second, 2),
             "eta_seconds": round(self.eta_seconds, 1) if self.eta_seconds else None,
+            "waiting_for": self.waiting_for,
         }
 
 

@@ -19,7 +19,13 @@ from portal.redis_conn import connect, make_queue
 from portal.rotation.models import RotationRange
 from portal.rotation.states import RangeState
 
-__all__ = ["enqueue_ranges", "job_session", "make_queue", "schedule_watchdog"]
+__all__ = [
+    "enqueue_range_later",
+    "enqueue_ranges",
+    "job_session",
+    "make_queue",
+    "schedule_watchdog",
+]
 
 PROCESS_RANGE_JOB = "jobs.rotation.process_range"
 WATCHDOG_JOB = "jobs.rotation.watchdog"
@@ -65,18 +71,38 @@ def enqueue_ranges(
     queue = app_queue(app)
     for range_id in ids:
         queue.enqueue(
-            PROCESS_RANGE_JOB,
-            str(run_id),
-            range_id,
-            job_id=f"rotation-range-{range_id}-{uuid.uuid4().hex[:8]}",
-            at_front=at_front,
-            retry=Retry(max=3, interval=[1, 2, 5]),
-            job_timeout=max(300, 10 * app.config["ROTATION_SLICE_SECONDS"]),
-            result_ttl=300,
-            failure_ttl=86400,
+            PROCESS_RANGE_JOB, str(run_id), range_id, **_range_job(app, range_id, at_front)
         )
     schedule_watchdog(app, run_id)
     return len(ids)
+
+
+def enqueue_range_later(app: Flask, run_id: uuid.UUID, range_id: int, delay: int) -> None:
+    """Queue one range's job in ``delay`` seconds (it waits for its key service).
+
+    The range was handed back marked as queued now, so the watchdog leaves it alone until
+    it goes stale: if Redis loses this job, the watchdog queues the range again then.
+    """
+    app_queue(app).enqueue_in(
+        timedelta(seconds=delay),
+        PROCESS_RANGE_JOB,
+        str(run_id),
+        range_id,
+        **_range_job(app, range_id),
+    )
+    schedule_watchdog(app, run_id)
+
+
+def _range_job(app: Flask, range_id: int, at_front: bool = False) -> dict:
+    """RQ options of a range's job."""
+    return {
+        "job_id": f"rotation-range-{range_id}-{uuid.uuid4().hex[:8]}",
+        "at_front": at_front,
+        "retry": Retry(max=3, interval=[1, 2, 5]),
+        "job_timeout": max(300, 10 * app.config["ROTATION_SLICE_SECONDS"]),
+        "result_ttl": 300,
+        "failure_ttl": 86400,
+    }
 
 
 def schedule_watchdog(app: Flask, run_id: uuid.UUID) -> None:

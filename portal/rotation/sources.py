@@ -19,7 +19,13 @@ from portal.keys import policy
 from portal.keys.models import OrgKey
 from portal.keys.service import load_keys
 from portal.models import Organization
-from portal.rotation.common import DECRYPT_SAMPLE, MAX_SOURCE_KEYS, RotationError, log_event
+from portal.rotation.common import (
+    DECRYPT_SAMPLE,
+    MAX_SOURCE_KEYS,
+    KeyServiceWait,
+    RotationError,
+    log_event,
+)
 from portal.rotation.models import RotationRun
 
 
@@ -29,9 +35,33 @@ def check_keys(
     """Test Keys: prove the current key, and check the new one is valid and never used."""
     current = ops.read_key(current_text, field="current_key")
     new = ops.read_key(new_text, field="new_key")
+    active = rotatable_key(session, org)
+    prove_current(session, org, active, current)
+    check_new_key(session, org, new, current)
+    return current, new
+
+
+def rotatable_key(session: Session, org: Organization) -> OrgKey:
+    """The organisation's own active key, which a rotation replaces (or refuse)."""
     active = policy.active_key(session, org.id)
     if active is None or active.origin == "platform":
         raise RotationError("BYOK is not enabled: there is no key of yours to rotate.")
+    return active
+
+
+def prove_current(session: Session, org: Organization, active: OrgKey, current: bytes) -> None:
+    """The pasted current key must be the active key and decrypt a stored item.
+
+    A key held in the customer's key service cannot be pasted (nobody holds its data key):
+    a full re-encryption replaces it without one, the admin having re-authenticated.
+    """
+    if active.external:
+        raise RotationError(
+            f"The active key is held in your key service ({active.custody}: {active.key_ref}); "
+            "it cannot be pasted. Start a full re-encryption instead: it needs no current key.",
+            field="current_key",
+            code="external_active",
+        )
     if crypto.key_id(current).hex() != active.key_id:
         raise RotationError(
             f"This is not the active key (its fingerprint is {active.fingerprint}).",
@@ -39,6 +69,12 @@ def check_keys(
             code="not_active",
         )
     _decrypt_sample(session, org, current)
+
+
+def check_new_key(
+    session: Session, org: Organization, new: bytes, current: bytes | None = None
+) -> None:
+    """The new key must differ from the current one and from every key the org ever had."""
     if new == current:
         raise RotationError(
             "The new key must differ from the current key.", field="new_key", code="same_key"
@@ -55,7 +91,6 @@ def check_keys(
         )
     if not crypto.self_test(new):
         raise RotationError("The new key failed the encrypt/decrypt test.", field="new_key")
-    return current, new
 
 
 def _decrypt_sample(session: Session, org: Organization, key: bytes) -> None:
@@ -123,10 +158,21 @@ class Sources:
     counts: dict[str, dict[str, int]]  # items per kind under every non-target key
     states: dict[str, str]  # the effective state of every key of the organisation
     unmovable: dict[str, int] = field(default_factory=dict)  # key id -> items it holds
+    # Keys a key service refused or did not answer for: key id -> (reason code, its message).
+    waiting: dict[str, tuple[str, str]] = field(default_factory=dict)
+    retry_after: int = 0
 
     def items(self, key_id: str) -> int:
         """Items under one key, all kinds together."""
         return sum(self.counts.get(key_id, {}).values())
+
+    def wait(self) -> KeyServiceWait | None:
+        """Why items cannot be moved *now* (their key service refused or did not answer)."""
+        held = [k for k in self.unmovable if k in self.waiting]
+        if not held:
+            return None
+        code, reason = self.waiting[held[0]]
+        return KeyServiceWait(code, reason, self.retry_after)
 
 
 def sources(session: Session, company_id: uuid.UUID, target: str) -> Sources:
@@ -137,7 +183,12 @@ def sources(session: Session, company_id: uuid.UUID, target: str) -> Sources:
     counts = _counts_by_key(session, company_id, others) if others else {}
     readable = [k for k in others if states[k] == "decrypt_only"]
     readable.sort(key=lambda k: -sum(counts.get(k, {}).values()))  # stable: oldest first
-    found = Sources(readable, counts, states)
+    waiting = {
+        k: (code, loaded.reasons.get(k, code))
+        for k, code in loaded.codes.items()
+        if code in crypto.TEMPORARY_FAILURES
+    }
+    found = Sources(readable, counts, states, waiting=waiting, retry_after=loaded.retry_after)
     found.unmovable = {k: found.items(k) for k in others if k not in readable and found.items(k)}
     return found
 
@@ -195,8 +246,16 @@ def fingerprints(key_ids: list[str]) -> list[str]:
 
 
 def keyring_for_run(session: Session, run: RotationRun) -> crypto.Keyring:
-    """The organisation's keyring: the old keys decrypt, the run's new key encrypts."""
+    """The organisation's keyring: the old keys decrypt, the run's new key encrypts.
+
+    Raises KeyServiceWait when a key service refused or did not answer for a key the run
+    needs: its items are not failures, the range waits for the service.
+    """
     loaded = load_keys(session, run.company_id)
+    for key_id in [*run.old_key_ids.split(","), run.new_key_id]:
+        code = loaded.codes.get(key_id)
+        if code in crypto.TEMPORARY_FAILURES:
+            raise KeyServiceWait(code, loaded.reasons.get(key_id, code), loaded.retry_after)
     if loaded.keyring.encrypting_key_id is None or (
         loaded.keyring.encrypting_key_id.hex() != run.new_key_id
     ):

@@ -1,4 +1,8 @@
-"""Starting a run: a rotation to a new key, or moving existing items onto the active key."""
+"""Starting a run: a rotation to a new key, or moving existing items onto the active key.
+
+A full re-encryption into or out of a customer's key service starts in portal.rotation.reencrypt
+through the same steps (``store_sealed``, ``begin_rotation``).
+"""
 
 from __future__ import annotations
 
@@ -102,17 +106,39 @@ def start_rotation(
         raise RotationError(IN_PROGRESS)
     _current, new = check_keys(session, org, current_text, new_text)
     old = policy.active_key(session, org.id)
-    label = ops.actor_label(actor)
+    row = store_sealed(session, org, actor, new, generated_fingerprint)
+    return begin_rotation(session, org, actor, old, row, "Rotation started", {})
+
+
+def store_sealed(
+    session: Session, org: Organization, actor: Any, new: bytes, generated_fingerprint: str | None
+) -> OrgKey:
+    """Seal a pasted or generated new key as an active key (``begin_rotation`` demotes the old
+    one)."""
     fp = crypto.fingerprint(crypto.key_id(new))
-    mark_state(old, "decrypt_only", label)
     origin = "generated" if generated_fingerprint == fp else "imported"
-    row = store_key(session, org.id, new, origin=origin, state="active", actor=label)
+    return store_key(
+        session, org.id, new, origin=origin, state="active", actor=ops.actor_label(actor)
+    )
+
+
+def begin_rotation(
+    session: Session,
+    org: Organization,
+    actor: Any,
+    old: OrgKey,
+    row: OrgKey,
+    started: str,
+    extra: dict[str, Any],
+) -> RotationRun:
+    """The new key encrypts from now, the old one decrypts only: plan the run and audit it."""
+    mark_state(old, "decrypt_only", ops.actor_label(actor))
     forget_cached_keys()
     # Every key but the new one: a cancelled run's older key and platform keys included.
     found = sources(session, org.id, row.key_id)
     keys = source_list(found, first=old.key_id)
     run = _new_run(session, org, actor, "rotation", keys, row.key_id)
-    log_event(session, run, f"Rotation started: {old.fingerprint} → {fp}")
+    log_event(session, run, f"{started}: {old.fingerprint} → {row.fingerprint}")
     log_sources(session, run, keys[1:], found)
     unmovable = report_unmovable(session, run, found)
     emit(
@@ -123,10 +149,11 @@ def start_rotation(
         details={
             "run_id": str(run.id),
             "old_fingerprint": old.fingerprint,
-            "new_fingerprint": fp,
+            "new_fingerprint": row.fingerprint,
             "from_fingerprints": fingerprints(keys),
             "items": run.total,
             "unmovable": unmovable,
+            **extra,
         },
     )
     return run

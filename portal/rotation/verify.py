@@ -13,9 +13,10 @@ from portal.audit.actions import Action
 from portal.chat import kinds
 from portal.db import utcnow
 from portal.events import emit
+from portal.keys import custody
 from portal.keys.models import OrgKey
 from portal.keys.service import forget_cached_keys, mark_state
-from portal.rotation.common import MAX_PASSES, MAX_SOURCE_KEYS, log_event
+from portal.rotation.common import MAX_PASSES, MAX_SOURCE_KEYS, log_event, waiting_for
 from portal.rotation.controls import failure_count
 from portal.rotation.models import RotationRange, RotationRun
 from portal.rotation.progress import progress, settle_figures
@@ -33,6 +34,17 @@ def verify_and_finish(session: Session, run: RotationRun) -> str:
     """
     forget_cached_keys()  # key states as they are now, not as this process cached them
     found = sources(session, run.company_id, run.new_key_id)
+    wait = found.wait()
+    if wait is not None:
+        # Items under a key whose service refused or did not answer are not "unmovable":
+        # the run stays in verification, which the watchdog tries again until it answers.
+        if waiting_for(run.error) is None:
+            run.error = wait.note
+            log_event(session, run, wait.note)
+        return run.state
+    if waiting_for(run.error) is not None:
+        run.error = None
+        log_event(session, run, "The key service answered again; the run goes on")
     old = [k for k in run.old_key_ids.split(",") if k]
     holding = [k for k in found.keys if found.items(k)]
     left = sum(found.items(k) for k in holding)
@@ -126,6 +138,13 @@ def _settle_totals(session: Session, run: RotationRun) -> None:
         )
 
 
+def forget_external_keys(provider: str | None) -> None:
+    """Drop this process's cached data keys of a key service (a key of it was retired)."""
+    client = custody.key_service(provider)
+    if client is not None:
+        client.forget()
+
+
 def _retire(session: Session, run: RotationRun, old: list[str], found: Sources) -> None:
     """Retire each source key nothing is left under: its sealed copy is destroyed.
 
@@ -153,6 +172,8 @@ def _retire(session: Session, run: RotationRun, old: list[str], found: Sources) 
             continue
         row.sealed = None
         mark_state(row, "retired", "system")
+        if row.external:
+            forget_external_keys(row.custody)
         log_event(session, run, f"Old key {row.fingerprint} retired; its sealed copy destroyed")
         emit(
             session,

@@ -1,7 +1,8 @@
 """A worker's share of a rotation run: claim a range, re-encrypt it batch by batch, let go.
 
 A claim names the host, the worker process and the job process, so that the supervisor of
-a worker that dies can hand its ranges back at once (portal.rotation.watchdog).
+a worker that dies can hand its ranges back at once (portal.rotation.watchdog). A range whose
+key service refuses or does not answer waits for it and is tried again (wait_for_key_service).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from portal.audit import aggregate
 from portal.chat import kinds
 from portal.db import scrub_rewritten, utcnow
 from portal.rotation import engine
-from portal.rotation.common import RotationError
+from portal.rotation.common import WAITING, KeyServiceWait, RotationError, log_event, waiting_for
 from portal.rotation.models import RotationRange, RotationRun
 from portal.rotation.progress import progress
-from portal.rotation.queue import enqueue_ranges, job_session
+from portal.rotation.queue import enqueue_range_later, enqueue_ranges, job_session
 from portal.rotation.sources import keyring_for_run
 from portal.rotation.states import RangeState, RunState
 from portal.rotation.verify import verify_and_finish
@@ -73,13 +74,54 @@ def claim(db: Session, run_id: uuid.UUID, range_id: int, me: str, stale: int) ->
     return bool(taken)
 
 
-def release(db: Session, range_id: int, me: str, state: str = RangeState.PENDING) -> None:
-    """Hand the range back (or mark it done) if this worker still holds it."""
+def release(
+    db: Session, range_id: int, me: str, state: str = RangeState.PENDING, queued: bool = False
+) -> None:
+    """Hand the range back (or mark it done) if this worker still holds it; ``queued`` when
+    its next job is already scheduled (the watchdog leaves it alone until it goes stale)."""
+    now = utcnow()
     db.execute(
         update(RotationRange)
         .where(RotationRange.id == range_id, RotationRange.worker == me)
-        .values(state=state, worker=None, enqueued_at=None, heartbeat_at=utcnow())
+        .values(state=state, worker=None, enqueued_at=now if queued else None, heartbeat_at=now)
     )
+    db.commit()
+
+
+def wait_for_key_service(
+    app: Flask, db: Session, run_id: uuid.UUID, range_id: int, me: str, wait: KeyServiceWait
+) -> str:
+    """A key service the run needs refused or did not answer: note it on the run once, hand
+    the range back with its checkpoint and try it again in a few seconds. Nothing failed."""
+    db.rollback()
+    noted = db.execute(
+        update(RotationRun)
+        .where(
+            RotationRun.id == run_id,
+            RotationRun.state == RunState.RUNNING,
+            RotationRun.error.is_(None) | ~RotationRun.error.startswith(WAITING),
+        )
+        .values(error=wait.note)
+    ).rowcount
+    if noted:
+        log_event(db, db.get(RotationRun, run_id), wait.note)
+    db.commit()
+    release(db, range_id, me, queued=True)
+    enqueue_range_later(app, run_id, range_id, wait.delay)
+    return f"waiting for the key service: {wait.code}"
+
+
+def key_service_answered(db: Session, run: RotationRun) -> None:
+    """Clear the run's waiting note once the keys it needs are usable again (noted once)."""
+    if waiting_for(run.error) is None:
+        return
+    cleared = db.execute(
+        update(RotationRun)
+        .where(RotationRun.id == run.id, RotationRun.error.startswith(WAITING))
+        .values(error=None)
+    ).rowcount
+    if cleared:
+        log_event(db, run, "The key service answered again; the run goes on")
     db.commit()
 
 
@@ -128,10 +170,14 @@ def process_range(app: Flask, run_id: uuid.UUID, range_id: int) -> str:
         old = run.old_key_ids.split(",")
         try:
             ring = keyring_for_run(db, run)
+        except KeyServiceWait as waiting:
+            return wait_for_key_service(app, db, run_id, range_id, me, waiting)
         except RotationError as exc:
             release(db, range_id, me)
             return f"waiting: {exc}"
+        key_service_answered(db, run)
         cursor, lo, hi, company = rng.cursor, rng.lo, rng.hi, run.company_id
+        new_key = run.new_key_id
         deadline = time.monotonic() + cfg["ROTATION_SLICE_SECONDS"]
         last_batch = 0.0
         while True:
@@ -145,20 +191,24 @@ def process_range(app: Flask, run_id: uuid.UUID, range_id: int) -> str:
                     time.sleep(wait)
                     continue  # look at the run again: it may have been paused meanwhile
             last_batch = time.monotonic()
-            result = engine.run_batch(
-                db.connection(),
-                run_id,
-                kind,
-                company,
-                old,
-                run.new_key_id,
-                ring,
-                cursor,
-                lo,
-                hi,
-                cfg["ROTATION_BATCH_ROWS"],
-                cfg["ROTATION_BATCH_BYTES"],
-            )
+            try:
+                result = engine.run_batch(
+                    db.connection(),
+                    run_id,
+                    kind,
+                    company,
+                    old,
+                    new_key,
+                    ring,
+                    cursor,
+                    lo,
+                    hi,
+                    cfg["ROTATION_BATCH_ROWS"],
+                    cfg["ROTATION_BATCH_BYTES"],
+                )
+            except KeyServiceWait as waiting:
+                # Rolled back: nothing of the batch is written, the checkpoint stays before it.
+                return wait_for_key_service(app, db, run_id, range_id, me, waiting)
             if result.last_id is None:
                 db.rollback()
                 release(db, range_id, me, state=RangeState.DONE)
