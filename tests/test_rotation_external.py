@@ -40,6 +40,7 @@ from tests.support import rotation as rot
 from tests.support.api import Api
 from tests.support.faults import private_queue
 from tests.support.services import clean
+from tests.support.web import login
 
 PROVIDERS = ["vault_service", "pkcs11_service", "kms_service"]
 VAULT = pytest.mark.parametrize("service", ["vault_service"], indirect=True)
@@ -285,6 +286,12 @@ def test_a_range_waits_for_an_unreachable_service_and_loses_nothing(
                 0,
             )
             assert figures["done"] == 0
+        page = app.test_client()
+        login(page, orgs["users"]["admin_a"])
+        shown = page.get(f"/rotations/{run_id}/progress").get_data(as_text=True)
+        assert 'data-testid="run-waiting"' in shown and "Waiting for the key service" in shown
+        with app.app_context():
+            db = get_session()
             waited = db.scalars(
                 select(RotationRange).where(RotationRange.id.in_([r.id for r in ranges[:2]]))
             )
