@@ -19,13 +19,12 @@ from flask import Flask
 from playwright.sync_api import expect
 from sqlalchemy import select
 
-from portal import create_app
 from portal.db import get_session
 from portal.models import Organization
 from tests.support.api import Api, make_token
 from tests.support.browser import ACME, VIEWPORT, open_compliance, shot
+from tests.support.keyservices import pointed_at
 from tests.support.processes import Demo, start_demo, stop_demo
-from tests.support.services import clean
 
 pytestmark = pytest.mark.browser
 
@@ -38,22 +37,13 @@ REF_LABELS = {
 }
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def keyservice(request: pytest.FixtureRequest, app_config: dict):
     """OpenBao Transit, with this process's portal (the data API here) pointed at it."""
-    running = request.getfixturevalue(SERVICE)
-    app_config.update(running.config, KMS_CACHE_SECONDS=CACHE, KMS_BREAKER_SECONDS=1)
+    running = pointed_at(
+        request, app_config, SERVICE, KMS_CACHE_SECONDS=CACHE, KMS_BREAKER_SECONDS=1
+    )
     return running
-
-
-@pytest.fixture
-def app(keyservice, app_config: dict) -> Iterator[Flask]:
-    """The portal in this process, on the demo's database: the data API the test calls."""
-    application = create_app(app_config)
-    try:
-        yield application
-    finally:
-        clean(application)
 
 
 @pytest.fixture

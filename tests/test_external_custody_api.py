@@ -11,13 +11,11 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from portal import create_app
 from portal.audit.actions import Action
 from portal.audit.models import AuditEvent
 from portal.chat.models import Message
@@ -31,29 +29,19 @@ from portal.keys.transaction import key_operation
 from portal.keys.wrapped import unwrap_row
 from portal.models import Organization
 from tests.support.api import Api
+from tests.support.keyservices import PROVIDERS, pointed_at
 from tests.support.leaks import Secret
-from tests.support.services import clean
 
-PROVIDERS = ["vault_service", "pkcs11_service", "kms_service"]
 CACHE = 1
 
 
-@pytest.fixture(params=PROVIDERS)
+@pytest.fixture(autouse=True, params=PROVIDERS)
 def service(request: pytest.FixtureRequest, app_config: dict):
     """The real key service of one provider, with the portal pointed at it."""
-    running = request.getfixturevalue(request.param)
-    app_config.update(running.config, KMS_CACHE_SECONDS=CACHE, KMS_BREAKER_SECONDS=1)
+    running = pointed_at(
+        request, app_config, request.param, KMS_CACHE_SECONDS=CACHE, KMS_BREAKER_SECONDS=1
+    )
     return running
-
-
-@pytest.fixture
-def app(service, app_config: dict) -> Iterator[Flask]:
-    """The portal, started only once it is pointed at the key service."""
-    application = create_app(app_config)
-    try:
-        yield application
-    finally:
-        clean(application)
 
 
 def _connect(app: Flask, org: dict, provider: str, ref: str) -> OrgKey:

@@ -5,7 +5,6 @@ recipes of docs/format.md, and the data then decrypts like data under any key.""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -13,32 +12,20 @@ import hvac
 import pytest
 from flask import Flask
 
-from portal import create_app
 from portal.db import get_session
 from portal.keys import export, external
 from portal.keys.transaction import key_operation
 from portal.models import Organization
 from tests.support.api import Api
 from tests.support.docs import doc_snippet
-from tests.support.services import clean
+from tests.support.keyservices import pointed_at
 
 
-@pytest.fixture(params=["vault_service", "kms_service"])
+@pytest.fixture(autouse=True, params=["vault_service", "kms_service"])
 def service(request: pytest.FixtureRequest, app_config: dict):
     """A real key service the portal is pointed at."""
-    running = request.getfixturevalue(request.param)
-    app_config.update(running.config)
+    running = pointed_at(request, app_config, request.param)
     return running
-
-
-@pytest.fixture
-def app(service, app_config: dict) -> Iterator[Flask]:
-    """The portal, started once it is pointed at the key service."""
-    application = create_app(app_config)
-    try:
-        yield application
-    finally:
-        clean(application)
 
 
 def _customer_unwrap(service, namespace: dict, wrapped_key: dict) -> bytes:

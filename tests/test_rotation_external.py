@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from flask import Flask
 from sqlalchemy import select, update
 
-from portal import create_app, crypto
+from portal import crypto
 from portal.audit.actions import Action
 from portal.audit.models import AuditEvent
 from portal.chat import kinds
@@ -39,30 +38,20 @@ from portal.rotation.worker import finish_if_done, process_range
 from tests.support import rotation as rot
 from tests.support.api import Api
 from tests.support.faults import private_queue
-from tests.support.services import clean
+from tests.support.keyservices import PROVIDERS, pointed_at
 from tests.support.web import login
 
-PROVIDERS = ["vault_service", "pkcs11_service", "kms_service"]
 VAULT = pytest.mark.parametrize("service", ["vault_service"], indirect=True)
 
 
-@pytest.fixture(params=PROVIDERS)
+@pytest.fixture(autouse=True, params=PROVIDERS)
 def service(request: pytest.FixtureRequest, app_config: dict):
     """The real key service of one provider, with the portal pointed at it."""
-    running = request.getfixturevalue(request.param)
-    app_config.update(running.config, KMS_CACHE_SECONDS=1, KMS_BREAKER_SECONDS=1)
+    running = pointed_at(
+        request, app_config, request.param, KMS_CACHE_SECONDS=1, KMS_BREAKER_SECONDS=1
+    )
     private_queue(app_config)
     return running
-
-
-@pytest.fixture
-def app(service, app_config: dict) -> Iterator[Flask]:
-    """The portal, started only once it is pointed at the key service."""
-    application = create_app(app_config)
-    try:
-        yield application
-    finally:
-        clean(application)
 
 
 def _reencrypt(

@@ -17,7 +17,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from portal import create_app, crypto
+from portal import crypto
 from portal.db import get_session
 from portal.keys import external
 from portal.keys.models import OrgKey
@@ -39,32 +39,22 @@ from tests.support.faults import (
     wait_for_end,
     worker_groups,
 )
-from tests.support.services import clean
+from tests.support.keyservices import PROVIDERS, pointed_at
 
-PROVIDERS = ["vault_service", "pkcs11_service", "kms_service"]
 MESSAGES = 3000
 # Throttled batches of 100 (500 items/s) until the service is gone: the run spans the outage.
 BATCH_ROWS = 100
 THROTTLE = 5
 
 
-@pytest.fixture(params=PROVIDERS)
+@pytest.fixture(autouse=True, params=PROVIDERS)
 def service(request: pytest.FixtureRequest, app_config: dict):
     """The real key service of one provider; no data-key cache, a short breaker."""
-    running = request.getfixturevalue(request.param)
-    app_config.update(running.config, KMS_CACHE_SECONDS=0, KMS_BREAKER_SECONDS=1)
+    running = pointed_at(
+        request, app_config, request.param, KMS_CACHE_SECONDS=0, KMS_BREAKER_SECONDS=1
+    )
     private_queue(app_config)
     return running
-
-
-@pytest.fixture
-def app(service, app_config: dict) -> Iterator[Flask]:
-    """The portal, started only once it is pointed at the key service."""
-    application = create_app(app_config)
-    try:
-        yield application
-    finally:
-        clean(application)
 
 
 @pytest.fixture

@@ -10,13 +10,12 @@ what, and that no page ever holds the data key.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from portal import create_app, crypto
+from portal import crypto
 from portal.audit.actions import Action
 from portal.db import get_session
 from portal.keys import external
@@ -24,8 +23,8 @@ from portal.keys.models import OrgKey
 from portal.keys.wrapped import unwrap_row
 from tests.support.api import Api
 from tests.support.html import by_testid, feedback, parse_html
+from tests.support.keyservices import pointed_at
 from tests.support.rotation import b64, key_ids, run_worker
-from tests.support.services import clean
 from tests.support.web import PASSWORD, login
 from tests.support.wizard import PAGE, REAUTH_MESSAGE, Wizard, events, sign_in
 
@@ -52,25 +51,16 @@ REF_LABELS = {
 }
 
 
-@pytest.fixture(params=["vault_service"])
+@pytest.fixture(autouse=True, params=["vault_service"])
 def service(request: pytest.FixtureRequest, app_config: dict):
     """A real key service with the portal pointed at it (None: none is running)."""
     if request.param in (None, "broken"):
         app_config.update(BROKEN if request.param else {})
         return None
-    running = request.getfixturevalue(request.param)
-    app_config.update(running.config, KMS_CACHE_SECONDS=CACHE, KMS_BREAKER_SECONDS=1)
+    running = pointed_at(
+        request, app_config, request.param, KMS_CACHE_SECONDS=CACHE, KMS_BREAKER_SECONDS=1
+    )
     return running
-
-
-@pytest.fixture
-def app(service, app_config: dict) -> Iterator[Flask]:
-    """The portal, created only once it is pointed at the key service."""
-    application = create_app(app_config)
-    try:
-        yield application
-    finally:
-        clean(application)
 
 
 def post(wizard: Wizard, route: str, data: dict, htmx: bool = True, csrf: bool = True):

@@ -56,3 +56,17 @@ def require_service(what: str, why: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+# The fixtures of every provider, for tests that run against each one.
+PROVIDERS = ("vault_service", "pkcs11_service", "kms_service")
+
+
+def pointed_at(
+    request: pytest.FixtureRequest, app_config: dict, fixture: str, **settings: Any
+) -> RunningKeyService:
+    """Start a provider's fixture and point the app's settings at it (before ``app`` exists:
+    the fixtures calling this are autouse, so they run before the app is created)."""
+    running = request.getfixturevalue(fixture)
+    app_config.update(running.config, **settings)
+    return running
