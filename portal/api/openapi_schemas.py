@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from portal.chat.service import MAX_NESTING
+from portal.crypto import DECRYPTION_FAILURES
 
 ID = {"type": "string", "format": "uuid"}
 UNREADABLE = {
@@ -17,15 +18,7 @@ UNREADABLE = {
             "answer; the item is intact and reads again once access is back",
         },
         "reason": {
-            "enum": [
-                "malformed",
-                "unknown_key",
-                "key_unavailable",
-                "integrity",
-                "key_access_revoked",
-                "key_service_unreachable",
-                "too_deep",
-            ],
+            "enum": [*DECRYPTION_FAILURES, "too_deep"],
             "description": "too_deep: metadata stored before writes were bounded nests deeper "
             f"than {MAX_NESTING} levels",
         },
