@@ -8,7 +8,6 @@ import secrets
 import signal
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +17,7 @@ from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from portal.db import new_id
 from portal.models import Organization
 from portal.processes import Children, say
 
@@ -142,13 +142,13 @@ def seed_chat(db: Session, org: Organization, items: int) -> None:
     while left > 0:
         n += 1
         topic = TOPICS[(n - 1) % len(TOPICS)]
-        conv_id = uuid.uuid4()
+        conv_id = new_id()
         meta = json.dumps({"channel": "demo", "n": n}, separators=(",", ":")).encode()
         conv = Conversation(id=conv_id, company_id=org.id, created_at=at)
         rows[Conversation].append(sealed(conv, title=f"{topic} #{n}".encode(), metadata=meta))
         left -= 1
         if n == 1 and left > 0:
-            att_id, notes = uuid.uuid4(), f"Notes for {org.name}.\n".encode()
+            att_id, notes = new_id(), f"Notes for {org.name}.\n".encode()
             att = Attachment(
                 id=att_id,
                 company_id=org.id,
@@ -160,7 +160,7 @@ def seed_chat(db: Session, org: Organization, items: int) -> None:
             rows[Attachment].append(sealed(att, filename=b"notes.txt", content=notes))
             left -= 1
         for i in range(min(CONVERSATION_ITEMS - 1, left)):
-            msg_id, author = uuid.uuid4(), ("user", "assistant")[i % 2]
+            msg_id, author = new_id(), ("user", "assistant")[i % 2]
             body = f"{topic} #{n}: message {i + 1} from the {author}.".encode()
             at += timedelta(microseconds=1)  # keeps each conversation's messages in order
             msg = Message(

@@ -17,6 +17,7 @@ from portal import crypto
 from portal.chat import kinds
 from portal.chat.keyrings import keyring_source
 from portal.chat.models import ApiToken, Attachment, Conversation, Message
+from portal.db import new_id
 
 TOKEN_PREFIX = "byok_"  # noqa: S105 - a public prefix, not a secret
 # How deep a metadata document may nest ({} is one level): far below what the JSON encoder
@@ -68,7 +69,7 @@ def create_conversation(
 ) -> Conversation:
     """Store a new conversation with its title and metadata encrypted."""
     ring = _writable_keyring(session, company_id)
-    conv = Conversation(id=uuid.uuid4(), company_id=company_id)
+    conv = Conversation(id=new_id(), company_id=company_id)
     kinds.encrypt_column(ring, conv, "title", title.encode())
     kinds.encrypt_column(ring, conv, "metadata", encode_metadata(metadata))
     session.add(conv)
@@ -79,9 +80,7 @@ def create_conversation(
 def add_message(session: Session, conv: Conversation, author: str, body: str) -> Message:
     """Store a message of a conversation with its body encrypted."""
     ring = _writable_keyring(session, conv.company_id)
-    msg = Message(
-        id=uuid.uuid4(), company_id=conv.company_id, conversation_id=conv.id, author=author
-    )
+    msg = Message(id=new_id(), company_id=conv.company_id, conversation_id=conv.id, author=author)
     kinds.encrypt_column(ring, msg, "body", body.encode())
     session.add(msg)
     session.flush()
@@ -102,7 +101,7 @@ def add_attachment(
     """Store a file of a conversation with its name and content encrypted."""
     ring = _writable_keyring(session, conv.company_id)
     att = Attachment(
-        id=uuid.uuid4(),
+        id=new_id(),
         company_id=conv.company_id,
         conversation_id=conv.id,
         content_type=content_type,
