@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import os
 import secrets
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy import create_engine, inspect, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from portal import crypto  # noqa: E402
-from portal.chat.kinds import associated_data as ad  # noqa: E402
+from portal.db import new_id  # noqa: E402
 
 MESSAGE_BYTES = 300
 ATTACHMENT_BYTES = 256 * 1024
@@ -42,23 +44,72 @@ def drop_database(base: str, name: str) -> None:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+def column_types(conn, table: str) -> dict[str, tuple[int, str]]:
+    """Each column's type oid and name, as the database has it (the layout may change)."""
+    rows = conn.exec_driver_sql(
+        "SELECT a.attname, a.atttypid::int, t.typname FROM pg_attribute a "
+        "JOIN pg_type t ON t.oid = a.atttypid "
+        "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+        (table,),
+    )
+    return {name: (oid, typname) for name, oid, typname in rows}
+
+
+def key_value(conn, table: str, key_id: bytes):
+    """A key id as the table's ``key_id`` column stores it (hex text, bytes or a bigint)."""
+    typname = column_types(conn, table)["key_id"][1]
+    if typname == "bytea":
+        return key_id
+    if typname in ("int8", "int4"):
+        return int.from_bytes(key_id, "big", signed=True)
+    return key_id.hex()
+
+
 def _copy(conn, table: str, columns: list[str], rows) -> None:
-    """Bulk-load rows with COPY (psycopg 3)."""
+    """Bulk-load rows with a binary COPY (psycopg 3), typed from the catalog."""
+    types = column_types(conn, table)
     raw = conn.connection.dbapi_connection
-    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+    sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    with raw.cursor() as cur, cur.copy(sql) as copy:
+        copy.set_types([types[c][0] for c in columns])
         for row in rows:
             copy.write_row(row)
 
 
-def seed(app, org_id: uuid.UUID, key: bytes, messages: int, attachments: int) -> None:
-    """Write real ciphertexts under ``key`` for every kind of item, quickly (COPY)."""
-    ring = crypto.Keyring(key)
-    kid = crypto.key_id(key).hex()
-    conversations = max(1, messages // 50)
-    conv_ids = [uuid.uuid4() for _ in range(conversations)]
-    now = "2026-01-01 00:00:00+00"
-    engine = app.extensions["db_engine"]
+def recount(engine, org_id: uuid.UUID) -> bool:
+    """Fill the per-key item counters after a COPY (which no write path saw), where the
+    product keeps them (``portal.chat.counts`` and its table); False where it does not."""
+    if importlib.util.find_spec("portal.chat.counts") is None:
+        return False
+    if not inspect(engine).has_table("key_item_counts"):
+        return False
+    from portal.chat import counts
+
     with engine.begin() as conn:
+        counts.recount(conn, org_id)
+    return True
+
+
+def seed(app, org_id: uuid.UUID, key: bytes, messages: int, attachments: int) -> None:
+    """Write real ciphertexts under ``key`` for every kind of item, quickly (binary COPY).
+
+    Ids come from ``portal.db.new_id`` in write order, as the product makes them, so rows
+    land in the heap and in every id index in the order a live system would have written
+    them. One conversation per 50 messages; messages and attachments go round the
+    conversations. The per-key counters are rebuilt afterwards where the product has them.
+    """
+    ring = crypto.Keyring(key)
+    cid = str(org_id)
+    conversations = max(1, messages // 50)
+    conv_ids = [new_id() for _ in range(conversations)]
+    now = datetime.now(UTC)
+    engine = app.extensions["db_engine"]
+
+    def sealed(data: bytes, table: str, column: str, row_id: uuid.UUID) -> bytes:
+        return ring.encrypt(data, crypto.associated_data(cid, table, column, str(row_id)))
+
+    with engine.begin() as conn:
+        kid = key_value(conn, "messages", crypto.key_id(key))
         _copy(
             conn,
             "conversations",
@@ -68,16 +119,8 @@ def seed(app, org_id: uuid.UUID, key: bytes, messages: int, attachments: int) ->
                     c,
                     org_id,
                     kid,
-                    bytes(
-                        ring.encrypt(
-                            f"conversation {i}".encode(), ad(org_id, "conversations", "title", c)
-                        )
-                    ),
-                    bytes(
-                        ring.encrypt(
-                            b'{"channel":"bench"}', ad(org_id, "conversations", "metadata", c)
-                        )
-                    ),
+                    sealed(f"conversation {i}".encode(), "conversations", "title", c),
+                    sealed(b'{"channel":"bench"}', "conversations", "metadata", c),
                     now,
                 )
                 for i, c in enumerate(conv_ids)
@@ -87,14 +130,14 @@ def seed(app, org_id: uuid.UUID, key: bytes, messages: int, attachments: int) ->
 
         def message_rows():
             for i in range(messages):
-                mid = uuid.uuid4()
+                mid = new_id()
                 yield (
                     mid,
                     org_id,
                     conv_ids[i % conversations],
                     kid,
                     "bench",
-                    bytes(ring.encrypt(body, ad(org_id, "messages", "body", mid))),
+                    sealed(body, "messages", "body", mid),
                     now,
                 )
 
@@ -108,14 +151,14 @@ def seed(app, org_id: uuid.UUID, key: bytes, messages: int, attachments: int) ->
 
         def attachment_rows():
             for i in range(attachments):
-                aid = uuid.uuid4()
+                aid = new_id()
                 yield (
                     aid,
                     org_id,
                     conv_ids[i % conversations],
                     kid,
-                    bytes(ring.encrypt(b"file.bin", ad(org_id, "attachments", "filename", aid))),
-                    bytes(ring.encrypt(content, ad(org_id, "attachments", "content", aid))),
+                    sealed(b"file.bin", "attachments", "filename", aid),
+                    sealed(content, "attachments", "content", aid),
                     "application/octet-stream",
                     ATTACHMENT_BYTES,
                     now,
@@ -137,6 +180,7 @@ def seed(app, org_id: uuid.UUID, key: bytes, messages: int, attachments: int) ->
             ],
             attachment_rows(),
         )
+    recount(engine, org_id)
     with engine.begin() as conn:
         conn.exec_driver_sql("ANALYZE conversations; ANALYZE messages; ANALYZE attachments")
 

@@ -93,12 +93,16 @@ class Config:
         # A conversation's title (characters) and metadata (bytes of compact UTF-8 JSON).
         self.MAX_TITLE_CHARS: int = _int(env, "MAX_TITLE_CHARS", 1000)
         self.MAX_METADATA_BYTES: int = _int(env, "MAX_METADATA_BYTES", 64 * 1024)
+        self.MAX_BATCH_MESSAGES: int = _int(env, "MAX_BATCH_MESSAGES", 500)
         self.RQ_QUEUE: str = env.get("RQ_QUEUE", "byok")
         self.REAUTH_SECONDS: int = _int(env, "REAUTH_SECONDS", 300)
         # Rotation: batch bounds, how long one job works a range before handing it back,
         # when a silent range counts as abandoned, and how often the watchdog looks.
         self.ROTATION_BATCH_ROWS: int = _int(env, "ROTATION_BATCH_ROWS", 1000)
         self.ROTATION_BATCH_BYTES: int = _int(env, "ROTATION_BATCH_BYTES", 16 * 1024 * 1024)
+        # Even a small run's kind is split into this many ranges (of at least 2,000 items),
+        # so that several workers rewrite it at once (portal/rotation/planning.py).
+        self.ROTATION_MIN_RANGES: int = _int(env, "ROTATION_MIN_RANGES", 4)
         self.ROTATION_SLICE_SECONDS: int = _int(env, "ROTATION_SLICE_SECONDS", 30)
         self.ROTATION_STALE_SECONDS: int = _int(env, "ROTATION_STALE_SECONDS", 30)
         self.SESSION_IDLE_SECONDS: int = _int(env, "SESSION_IDLE_SECONDS", 30 * 60)
@@ -107,7 +111,9 @@ class Config:
         self.RATELIMIT_LOGIN_ADDRESS: str = env.get("RATELIMIT_LOGIN_ADDRESS", "30/minute")
         self.RATELIMIT_LOGIN_ACCOUNT: str = env.get("RATELIMIT_LOGIN_ACCOUNT", "10/minute")
         self.RATELIMIT_KEY_OPERATIONS: str = env.get("RATELIMIT_KEY_OPERATIONS", "20/minute")
-        self.RATELIMIT_API: str = env.get("RATELIMIT_API", "1200/minute")
+        # Per token, sized for a platform backend and per second so a burst stays short: see
+        # docs/operations.md, "Sizing the data API's rate limit".
+        self.RATELIMIT_API: str = env.get("RATELIMIT_API", "600/second")
         self.AUDIT_RETENTION_DAYS: int = _int(env, "AUDIT_RETENTION_DAYS", 365)
         self.ROTATION_WATCHDOG_SECONDS: int = _int(env, "ROTATION_WATCHDOG_SECONDS", 5)
         # Added to the workers' nice value: background re-encryption yields to web requests.

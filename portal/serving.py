@@ -10,39 +10,70 @@ from typing import Any
 from rq import Worker
 from rq.serializers import JSONSerializer
 
+DEFAULT_BIND = "127.0.0.1:8000"
+# Chosen by measurement with bench/api.py (docs/operations.md, "Tuning the web server").
+DEFAULT_WORKER_CLASS = "gthread"
+DEFAULT_THREADS = 4
+DEFAULT_KEEPALIVE_SECONDS = 5
 
-def run_gunicorn(bind: str, workers: int) -> None:
-    """Serve ``wsgi:app`` with gunicorn; the access log leaves out query strings."""
-    from gunicorn.app.base import BaseApplication
+
+def default_workers(cores: int | None = None) -> int:
+    """Worker processes when nobody says: one per core (threads cover the waits on I/O)."""
+    return max(2, cores or os.cpu_count() or 1)
+
+
+def portal_application(bind: str | None = None, workers: int | None = None):
+    """The gunicorn application serving the portal, configured in gunicorn's own order:
+    the portal's defaults, then a config file (``-c``/``--config`` in GUNICORN_CMD_ARGS, else
+    ``./gunicorn.conf.py``), then GUNICORN_CMD_ARGS, then ``serve``'s --bind and --workers when
+    given. The forwarded-header lock-down below is applied last: no setting undoes it.
+    """
+    from gunicorn.app.base import Application
+    from gunicorn.config import get_default_config_file
 
     from portal import create_app
+    from portal.config import Config
 
-    class Portal(BaseApplication):
+    class Portal(Application):
         """gunicorn application that serves the portal's app factory."""
 
         def load_config(self) -> None:
-            """Apply the portal's gunicorn defaults."""
-            settings: dict[str, Any] = {
-                "bind": bind,
-                "workers": workers,
+            """Apply the defaults, the operator's file and GUNICORN_CMD_ARGS, then the flags."""
+            defaults: dict[str, Any] = {
+                "bind": DEFAULT_BIND,
+                "workers": default_workers(),
+                "worker_class": DEFAULT_WORKER_CLASS,
+                "keepalive": DEFAULT_KEEPALIVE_SECONDS,
                 "timeout": 60,
                 "graceful_timeout": 30,
                 "accesslog": "-",
                 "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss',
             }
+            for key, value in defaults.items():
+                self.cfg.set(key, value)
+            env_args = self.cfg.parser().parse_args(self.cfg.get_cmd_args_from_env())
+            config_file = env_args.config or get_default_config_file()
+            from_file = self.load_config_from_file(config_file) if config_file else {}
+            for key, value in vars(env_args).items():
+                if value is not None and key != "args":
+                    self.cfg.set(key.lower(), value)
+            # Threads only where the operator kept gthread and said nothing about them:
+            # gunicorn turns any worker class named "sync" into gthread when threads > 1.
+            chose_threads = env_args.threads is not None or "threads" in from_file
+            if not chose_threads and self.cfg.worker_class_str == DEFAULT_WORKER_CLASS:
+                self.cfg.set("threads", DEFAULT_THREADS)
+            for key, value in (("bind", [bind] if bind else None), ("workers", workers)):
+                if value is not None:
+                    self.cfg.set(key, value)
             # gunicorn itself believes X-Forwarded-Proto (-Ssl, -Protocol) and a SCRIPT_NAME
             # header from the peers in forwarded_allow_ips, and from any unix-socket peer.
             # With no trusted proxy nobody may set them; behind one, only a proxy on loopback
             # (or in FORWARDED_ALLOW_IPS). The app's ProxyFix reads X-Forwarded-* for exactly
             # TRUSTED_PROXY_COUNT hops either way.
-            from portal.config import Config
-
             if Config().TRUSTED_PROXY_COUNT == 0:
-                settings["forwarded_allow_ips"] = ""
-                settings["secure_scheme_headers"] = {}
-                settings["forwarder_headers"] = ""
-            for key, value in settings.items():
-                self.cfg.set(key, value)
+                self.cfg.set("forwarded_allow_ips", "")
+                self.cfg.set("secure_scheme_headers", {})
+                self.cfg.set("forwarder_headers", "")
 
         def load(self):
             """Build the app once per worker, its templates compiled before any request."""
@@ -50,7 +81,12 @@ def run_gunicorn(bind: str, workers: int) -> None:
             warm_templates(app)
             return app
 
-    Portal().run()
+    return Portal()
+
+
+def run_gunicorn(bind: str | None = None, workers: int | None = None) -> None:
+    """Serve the portal with gunicorn (see portal_application for where settings come from)."""
+    portal_application(bind, workers).run()
 
 
 def warm_templates(app) -> None:

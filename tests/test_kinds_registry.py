@@ -31,6 +31,8 @@ NOT_KINDS = {
     # The key table itself: its key_id is the id of the key the row describes (it holds
     # only sealed keys, never tenant data), not the key the row is encrypted under.
     "keys",
+    # The per-key item counters: key_id names the key the counted items are under.
+    "key_item_counts",
 }
 # What every kind's table needs besides its encrypted columns: the row's id and
 # organisation (bound into the associated data), the key it is under (counted per key,

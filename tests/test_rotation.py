@@ -217,7 +217,7 @@ def test_compare_and_swap_keeps_a_concurrent_edit(app, orgs):
         )
         written = engine.write_batch(db.connection(), kind, run.new_key_id, updates)
         db.commit()
-        assert written == len(updates) - 1
+        assert len(written) == len(updates) - 1
         body = db.execute(
             text("SELECT body_ct FROM messages WHERE id = :i"), {"i": rows[0][0]}
         ).scalar_one()
@@ -314,10 +314,10 @@ def test_watchdog_records_progress_milestones_once(app, orgs):
 
 
 def test_large_attachments_are_split_into_ranges_by_size(app, orgs, monkeypatch):
-    from portal.rotation import start
+    from portal.rotation import planning
     from portal.rotation.models import RotationRange
 
-    monkeypatch.setattr(start, "BYTES_PER_RANGE", 4096)
+    monkeypatch.setattr(planning, "BYTES_PER_RANGE", 4096)
     org_a = orgs["a"]["id"]
     old = enable_byok(app, org_a)
     seed(app, org_a, conversations=3, messages=1, attachments=2, attachment_bytes=3000)

@@ -41,7 +41,9 @@ PRODUCTION_TIMINGS = {
 
 @pytest.fixture(autouse=True)
 def own_queue(app_config):
-    """An RQ queue of this test's own (set before the app is built)."""
+    """An RQ queue of this test's own, and the messages in one range (so the other worker
+    is idle when the busy one is killed, as a spare worker would be): set before the app
+    is built."""
     return private_queue(app_config)
 
 

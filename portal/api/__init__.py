@@ -4,4 +4,4 @@ from flask import Blueprint
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-from portal.api import attachments, conversations, deletes, views  # noqa: E402,F401
+from portal.api import attachments, batch, conversations, deletes, views  # noqa: E402,F401

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from flask import g, request
 
-from portal.chat import service
-from portal.chat.models import ApiToken
+from portal.api.token_cache import TokenIdentity, resolve
 from portal.db import get_session
 
 
@@ -21,9 +20,12 @@ def bearer_credentials(header: str) -> str | None:
     return parts[1]
 
 
-def request_token() -> ApiToken | None:
-    """Return the live token the request presents (the rate limiter and the views share it)."""
+def request_token() -> TokenIdentity | None:
+    """Return the live token the request presents (the rate limiter and the views share it).
+
+    Resolved from this process's token cache when it can be (portal/api/token_cache.py).
+    """
     if "api_token_row" not in g:
         token = bearer_credentials(request.headers.get("Authorization", ""))
-        g.api_token_row = service.find_token(get_session(), token) if token else None
+        g.api_token_row = resolve(get_session(), token) if token else None
     return g.api_token_row

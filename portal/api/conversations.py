@@ -17,11 +17,13 @@ from portal.api.requests import (
     conversation_or_404,
     finish,
     json_body,
+    message_fields,
     page_limit,
     text_or_unreadable,
     uuid_arg,
 )
 from portal.chat import service
+from portal.chat.metadata import decode_metadata, encode_metadata
 from portal.chat.models import Attachment, Conversation, Message
 from portal.db import get_session
 
@@ -35,7 +37,7 @@ def _conversation_summary(reader: service.Reader, conv: Conversation) -> dict[st
     except crypto.DecryptionError as exc:
         out.update(service.unreadable(exc))
         return out
-    document = service.decode_metadata(meta)
+    document = decode_metadata(meta)
     if document is None:
         # Stored before writes were bounded: readable, but too deep to send back as JSON.
         out.update(status="unreadable", reason="too_deep")
@@ -55,7 +57,7 @@ def create_conversation():
     if len(body["title"]) > max_title:
         raise ApiError(400, "bad_title", f"'title' may be at most {max_title} characters")
     max_meta = current_app.config["MAX_METADATA_BYTES"]
-    if len(service.encode_metadata(metadata)) > max_meta:
+    if len(encode_metadata(metadata)) > max_meta:
         raise ApiError(
             400, "bad_metadata", f"'metadata' may be at most {max_meta} bytes as compact JSON"
         )
@@ -84,14 +86,9 @@ def list_conversations():
 @bp.post("/conversations/<uuid:conv_id>/messages")
 def add_message(conv_id: uuid.UUID):
     """Add a message to a conversation."""
-    body = json_body("body", "author")
-    if len(body["author"]) > 200:
-        raise ApiError(400, "bad_author", "'author' may be at most 200 characters")
-    if "\x00" in body["author"]:
-        # The author is stored in the clear, and PostgreSQL text cannot hold NUL characters.
-        raise ApiError(400, "bad_author", "'author' may not contain NUL characters")
+    author, text = message_fields(json_body())
     db = get_session()
-    msg = service.add_message(db, conversation_or_404(conv_id), body["author"], body["body"])
+    msg = service.add_message(db, conversation_or_404(conv_id), author, text)
     db.commit()
     return jsonify(id=str(msg.id)), 201
 

@@ -1,12 +1,18 @@
-"""How the data API answers errors: one JSON shape, ``{"error": code, "message": text}``."""
+"""How the data API answers errors: one JSON shape, ``{"error": code, "message": text}``.
+
+A refused batch adds ``items``: the error of each refused message, ``{"index", "code",
+"message"}``, so a client can fix them all at once.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from flask import g, jsonify, request
+from flask import current_app, g, jsonify, request
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm.exc import StaleDataError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from portal.api import bp
 from portal.audit import aggregate
@@ -20,15 +26,30 @@ from portal.keys.service import KeyUnavailable
 class ApiError(Exception):
     """An error answered as ``{"error": code, "message": text}`` with an HTTP status."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, items: list[dict[str, Any]] | None = None
+    ) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.items = status, code, message, items
+
+    def item(self, index: int) -> dict[str, Any]:
+        """This error as the entry of the item at ``index`` of a refused batch."""
+        return {"index": index, "code": self.code, "message": self.message}
 
 
 @bp.errorhandler(ApiError)
 def _api_error(exc: ApiError):
     """Answer an ApiError as JSON."""
-    return jsonify(error=exc.code, message=exc.message), exc.status
+    extra = {} if exc.items is None else {"items": exc.items}
+    return jsonify(error=exc.code, message=exc.message, **extra), exc.status
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def _too_large(exc: RequestEntityTooLarge):
+    """A body over MAX_CONTENT_LENGTH, refused before it is read: nothing was stored."""
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    message = f"a request to the data API may be at most {limit} bytes; send less per request"
+    return jsonify(error="too_large", message=message), 413
 
 
 @bp.errorhandler(KeyUnavailable)

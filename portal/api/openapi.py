@@ -5,17 +5,28 @@ from __future__ import annotations
 from typing import Any
 
 from portal.api.openapi_schemas import ID, UNREADABLE, schemas
-from portal.chat.service import MAX_NESTING
+from portal.chat.metadata import MAX_NESTING
 
-DEFAULT_LIMITS = {"MAX_TITLE_CHARS": 1000, "MAX_METADATA_BYTES": 64 * 1024}
+DEFAULT_LIMITS = {
+    "MAX_TITLE_CHARS": 1000,
+    "MAX_METADATA_BYTES": 64 * 1024,
+    "MAX_BATCH_MESSAGES": 500,
+}
+
+
+def _json(schema: str) -> dict[str, Any]:
+    """A JSON body of a component schema."""
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
 
 
 def _error(description: str) -> dict[str, Any]:
     """A JSON error response."""
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
+    return {"description": description, "content": _json("Error")}
+
+
+def _json_request(schema: str) -> dict[str, Any]:
+    """A required JSON request body of a component schema."""
+    return {"required": True, "content": _json(schema)}
 
 
 def _created(description: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -125,14 +136,7 @@ def _conversation_paths(json_body: dict[str, Any]) -> dict[str, Any]:
             "post": {
                 "summary": "Create a conversation",
                 "operationId": "createConversation",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": "#/components/schemas/NewConversation"}
-                        }
-                    },
-                },
+                "requestBody": _json_request("NewConversation"),
                 "responses": {"201": _created("created"), **COMMON, **json_body},
             },
             "get": {
@@ -182,13 +186,31 @@ def _conversation_paths(json_body: dict[str, Any]) -> dict[str, Any]:
                 "summary": "Add a message",
                 "operationId": "addMessage",
                 "parameters": [PATH_ID],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/NewMessage"}}
-                    },
-                },
+                "requestBody": _json_request("NewMessage"),
                 "responses": {"201": _created("created"), **COMMON, **json_body},
+            }
+        },
+        "/conversations/{conv_id}/messages:batch": {
+            "post": {
+                "summary": "Add many messages in one transaction, all or none",
+                "description": "Each message is checked as by addMessage. If any is invalid, "
+                "nothing is stored and the 400 (bad_batch) lists each invalid one in 'items'.",
+                "operationId": "addMessages",
+                "parameters": [PATH_ID],
+                "requestBody": _json_request("NewMessageBatch"),
+                "responses": {
+                    "201": {
+                        "description": "stored, ids in the order given",
+                        "content": _json("MessageIds"),
+                    },
+                    **COMMON,
+                    **json_body,
+                    "400": _error(
+                        "bad_batch (an entry in 'items' per invalid message), no 'messages' "
+                        "list (missing_field), none or too many (bad_batch_size), bad JSON"
+                    ),
+                    "413": _error("a body over the request size limit (too_large)"),
+                },
             }
         },
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from portal.chat.service import MAX_NESTING
+from portal.chat.metadata import MAX_NESTING
 from portal.crypto import DECRYPTION_FAILURES
 
 ID = {"type": "string", "format": "uuid"}
@@ -41,7 +41,23 @@ def schemas(limits: dict[str, int]) -> dict[str, Any]:
         "Error": {
             "type": "object",
             "required": ["error", "message"],
-            "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+            "properties": {
+                "error": {"type": "string"},
+                "message": {"type": "string"},
+                "items": {
+                    "description": "bad_batch only: the error of each invalid message",
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["index", "code", "message"],
+                        "properties": {
+                            "index": {"type": "integer", "minimum": 0},
+                            "code": {"type": "string"},
+                            "message": {"type": "string"},
+                        },
+                    },
+                },
+            },
         },
         "Unreadable": UNREADABLE,
         "NewConversation": {
@@ -67,6 +83,23 @@ def schemas(limits: dict[str, int]) -> dict[str, Any]:
                 "body": {"type": "string", "minLength": 1},
                 "author": {"type": "string", "minLength": 1, "maxLength": 200},
             },
+        },
+        "NewMessageBatch": {
+            "type": "object",
+            "required": ["messages"],
+            "properties": {
+                "messages": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": limits["MAX_BATCH_MESSAGES"],
+                    "items": {"$ref": "#/components/schemas/NewMessage"},
+                }
+            },
+        },
+        "MessageIds": {
+            "type": "object",
+            "required": ["ids"],
+            "properties": {"ids": {"type": "array", "items": ID}},
         },
         "ConversationSummary": {"type": "object", "required": ["id"], "properties": summary_props},
         "ConversationPage": {

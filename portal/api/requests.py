@@ -10,11 +10,12 @@ from flask import g, request
 
 from portal import crypto
 from portal.api.errors import ApiError
-from portal.chat import service
+from portal.chat import metadata, service
 from portal.chat.models import Conversation
 from portal.db import get_session
 
 MAX_PAGE = 500
+MAX_AUTHOR_CHARS = 200  # the width of messages.author
 
 
 def json_body(*required: str) -> dict[str, Any]:
@@ -22,7 +23,7 @@ def json_body(*required: str) -> dict[str, Any]:
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "send application/json")
     too_deep = ApiError(
-        400, "too_deep", f"JSON values may nest at most {service.MAX_NESTING} levels deep"
+        400, "too_deep", f"JSON values may nest at most {metadata.MAX_NESTING} levels deep"
     )
     try:
         body = json.loads(request.get_data(cache=False) or b"null", parse_constant=_no_constant)
@@ -34,7 +35,7 @@ def json_body(*required: str) -> dict[str, Any]:
         raise ApiError(400, "bad_json", "the body must be a JSON object")
     # Every value of the body (metadata included) is bounded, so reading it back and encoding
     # it as JSON can never exhaust the stack.
-    if service.nests_deeper(body, service.MAX_NESTING + 1):
+    if metadata.nests_deeper(body, metadata.MAX_NESTING + 1):
         raise too_deep
     try:
         # JSON may escape lone surrogates ("\ud800"), which no UTF-8 text can hold: refuse
@@ -42,10 +43,32 @@ def json_body(*required: str) -> dict[str, Any]:
         json.dumps(body, ensure_ascii=False).encode()
     except UnicodeEncodeError:
         raise ApiError(400, "bad_json", "strings must be valid Unicode") from None
-    for name in required:
-        if not isinstance(body.get(name), str) or not body[name].strip():
-            raise ApiError(400, "missing_field", f"'{name}' is required and must be a string")
+    require_text(body, *required)
     return body
+
+
+def require_text(fields: dict[str, Any], *names: str) -> None:
+    """Refuse fields that are missing, not strings, or blank."""
+    for name in names:
+        if not isinstance(fields.get(name), str) or not fields[name].strip():
+            raise ApiError(400, "missing_field", f"'{name}' is required and must be a string")
+
+
+def message_fields(fields: Any) -> tuple[str, str]:
+    """Check one message of a request and return its (author, body).
+
+    The single and the batch write both go through here, so they accept the same messages.
+    """
+    if not isinstance(fields, dict):
+        raise ApiError(400, "bad_message", "a message must be a JSON object")
+    require_text(fields, "body", "author")
+    author = fields["author"]
+    if len(author) > MAX_AUTHOR_CHARS:
+        raise ApiError(400, "bad_author", f"'author' may be at most {MAX_AUTHOR_CHARS} characters")
+    if "\x00" in author:
+        # The author is stored in the clear, and PostgreSQL text cannot hold NUL characters.
+        raise ApiError(400, "bad_author", "'author' may not contain NUL characters")
+    return author, fields["body"]
 
 
 def _no_constant(name: str) -> None:

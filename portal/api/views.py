@@ -41,5 +41,8 @@ def openapi():
     """Publish the API's OpenAPI document."""
     # Behind a path prefix (SCRIPT_NAME, or a trusted proxy's X-Forwarded-Prefix) the API
     # lives under it too, and generated clients take their base URL from here.
-    limits = {k: current_app.config[k] for k in ("MAX_TITLE_CHARS", "MAX_METADATA_BYTES")}
+    limits = {
+        k: current_app.config[k]
+        for k in ("MAX_TITLE_CHARS", "MAX_METADATA_BYTES", "MAX_BATCH_MESSAGES")
+    }
     return jsonify(openapi_document(request.script_root + (bp.url_prefix or ""), limits))

@@ -3,55 +3,32 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.exc import StaleDataError
 
 from portal import crypto
-from portal.chat import kinds
+from portal.chat import counts, kinds
+from portal.chat.deletes import (  # noqa: F401 - part of the service's interface
+    delete_attachment,
+    delete_conversation,
+    delete_message,
+)
 from portal.chat.keyrings import keyring_source
+from portal.chat.metadata import encode_metadata
 from portal.chat.models import ApiToken, Attachment, Conversation, Message
-from portal.db import new_id
+from portal.db import new_id, utcnow
 
+# Tries of an edit against rows a rotation keeps moving (one batch moves a row once).
+EDIT_ATTEMPTS = 5
 TOKEN_PREFIX = "byok_"  # noqa: S105 - a public prefix, not a secret
-# How deep a metadata document may nest ({} is one level): far below what the JSON encoder
-# can handle (about 900 levels), so no stored document can make a read fail.
-MAX_NESTING = 64
-
-
-def nests_deeper(value: Any, levels: int) -> bool:
-    """Tell whether objects and arrays nest more than ``levels`` deep (without recursion)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            item = item.values()
-        elif not isinstance(item, list):
-            continue
-        if depth > levels:
-            return True
-        stack.extend((child, depth + 1) for child in item)
-    return False
-
-
-def encode_metadata(metadata: dict[str, Any]) -> bytes:
-    """The stored form of a metadata document: compact UTF-8 JSON."""
-    return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def decode_metadata(data: bytes) -> dict[str, Any] | None:
-    """Read a stored metadata document; None if it nests deeper than MAX_NESTING."""
-    try:
-        value = json.loads(data)
-    except RecursionError:
-        return None
-    return None if nests_deeper(value, MAX_NESTING) else value
 
 
 def _writable_keyring(session: Session, company_id: uuid.UUID) -> crypto.Keyring:
@@ -87,12 +64,67 @@ def add_message(session: Session, conv: Conversation, author: str, body: str) ->
     return msg
 
 
+def add_messages(
+    session: Session, conv: Conversation, items: list[tuple[str, str]]
+) -> list[uuid.UUID]:
+    """Store (author, body) messages of a conversation in the order given, with one keyring.
+
+    One multi-row INSERT without the ORM's unit of work (the caller's commit makes it one
+    transaction; the per-key counters see it, portal/chat/counts.py). The rows share one
+    moment and take rising ids, so reads, ordered by (created_at, id), return them in order.
+    """
+    ring = _writable_keyring(session, conv.company_id)
+    key_id, now, rows = ring.encrypting_key_id.hex(), utcnow(), []
+    for author, body in items:
+        msg_id = new_id()
+        aad = kinds.associated_data(conv.company_id, "messages", "body", msg_id)
+        rows.append(
+            {
+                "id": msg_id,
+                "company_id": conv.company_id,
+                "conversation_id": conv.id,
+                "key_id": key_id,
+                "author": author,
+                "body_ct": bytes(ring.encrypt(body.encode(), aad)),
+                "created_at": now,
+            }
+        )
+    session.execute(insert(Message), rows)
+    return [row["id"] for row in rows]
+
+
 def edit_message(session: Session, msg: Message, body: str) -> Message:
-    """Replace a message's body, encrypted under the organisation's current key."""
+    """Replace a message's body, encrypted under the organisation's current key.
+
+    A compare-and-swap on the key the row is under, as a rotation batch does: if a batch
+    moved the row since it was read, the edit reads it again, so the key it leaves is
+    counted as the row really held it (portal/chat/counts.py).
+    """
     ring = _writable_keyring(session, msg.company_id)
-    kinds.encrypt_column(ring, msg, "body", body.encode())
-    session.flush()
-    return msg
+    new_key, aad = (
+        ring.encrypting_key_id.hex(),
+        kinds.associated_data(msg.company_id, "messages", "body", msg.id),
+    )
+    for _ in range(EDIT_ATTEMPTS):
+        current = session.scalar(select(Message.key_id).where(Message.id == msg.id))
+        if current is None:
+            break
+        blob = bytes(ring.encrypt(body.encode(), aad))
+        swapped = session.execute(
+            update(Message)
+            .where(Message.id == msg.id, Message.key_id == current)
+            .values(body_ct=blob, key_id=new_key)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if swapped:
+            if current != new_key:
+                counts.note_moved(
+                    session, "messages", msg.company_id, current, new_key, msg.created_at
+                )
+            set_committed_value(msg, "body_ct", blob)
+            set_committed_value(msg, "key_id", new_key)
+            return msg
+    raise StaleDataError(f"message {msg.id} was deleted or kept changing meanwhile")
 
 
 def add_attachment(
@@ -112,41 +144,6 @@ def add_attachment(
     session.add(att)
     session.flush()
     return att
-
-
-def delete_conversation(session: Session, company_id: uuid.UUID, conv_id: uuid.UUID) -> bool:
-    """Delete a conversation of the organisation with its messages and attachments.
-
-    Returns False when the organisation has no such conversation. A rotation batch that read
-    one of these rows meanwhile finds nothing to compare-and-swap, and writes nothing back.
-    """
-    if get_conversation(session, company_id, conv_id) is None:
-        return False
-    for model in (Attachment, Message):
-        session.execute(
-            delete(model).where(model.conversation_id == conv_id, model.company_id == company_id)
-        )
-    return _delete_row(session, Conversation, company_id, conv_id)
-
-
-def delete_message(session: Session, company_id: uuid.UUID, msg_id: uuid.UUID) -> bool:
-    """Delete a message of the organisation; False when it has no such message."""
-    return _delete_row(session, Message, company_id, msg_id)
-
-
-def delete_attachment(session: Session, company_id: uuid.UUID, att_id: uuid.UUID) -> bool:
-    """Delete an attachment of the organisation; False when it has no such attachment."""
-    return _delete_row(session, Attachment, company_id, att_id)
-
-
-def _delete_row(session: Session, model: type, company_id: uuid.UUID, row_id: uuid.UUID) -> bool:
-    """Delete one row by id, only within the organisation (no key is needed to erase)."""
-    result = session.execute(
-        delete(model)
-        .where(model.id == row_id, model.company_id == company_id)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
 
 
 @dataclass

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from portal.demo import DEFAULT_ITEMS as DEMO_ITEMS
 
 
 @click.command()
-@click.option("--bind", default="127.0.0.1:8000", show_default=True)
-@click.option("--workers", type=int, default=None, help="Defaults to 2 x CPUs + 1.")
-def serve(bind: str, workers: int | None) -> None:
+@click.option(
+    "--bind",
+    default=None,
+    help="Defaults to 127.0.0.1:8000, or what GUNICORN_CMD_ARGS or a gunicorn config file says.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Defaults to one per CPU (at least 2), or GUNICORN_CMD_ARGS / a gunicorn config file.",
+)
+def serve(bind: str | None, workers: int | None) -> None:
     """Serve the portal with gunicorn."""
     from portal.serving import run_gunicorn
 
-    run_gunicorn(bind, workers or (2 * (os.cpu_count() or 1) + 1))
+    run_gunicorn(bind, workers)
 
 
 @click.command()

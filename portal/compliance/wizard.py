@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from flask import current_app, flash, make_response, redirect, render_template, session, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
+from sqlalchemy import Row, select
 
 from portal import crypto
 from portal.audit.actions import Action
@@ -30,9 +31,10 @@ from portal.htmx import is_htmx
 from portal.keys import operations as ops
 from portal.keys import policy
 from portal.keys.errors import KeyOperationError, audit_refusal
-from portal.keys.runs import run_in_progress
 from portal.keys.transaction import key_operation
 from portal.models import Organization
+from portal.rotation.models import RotationRun
+from portal.rotation.states import ACTIVE_RUN_STATES
 from portal.security import limiter
 
 FORMS = {
@@ -93,9 +95,49 @@ def current_org() -> Organization:
     return get_session().get(Organization, current_user.company_id)
 
 
-def forms(**given: FlaskForm) -> dict[str, FlaskForm]:
+class Forms(Mapping[str, FlaskForm]):
+    """A form per action, built when the page first asks for it: a page shows a few of them,
+    and building all twelve on every view cost more than rendering the ones it shows."""
+
+    def __init__(self, given: dict[str, FlaskForm]) -> None:
+        """Keep the submitted forms; the others are built blank on demand."""
+        self._built = {name: form for name, form in given.items() if form is not None}
+
+    def __getitem__(self, name: str) -> FlaskForm:
+        """The submitted form of that action, or a blank one (KeyError for no such action)."""
+        if name not in self._built:
+            self._built[name] = FORMS[name](formdata=None)
+        return self._built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        """Every action's name."""
+        return iter(FORMS)
+
+    def __len__(self) -> int:
+        """How many actions there are."""
+        return len(FORMS)
+
+
+def forms(**given: FlaskForm) -> Forms:
     """Return a form per action, using the submitted one where given."""
-    return {name: given.get(name) or cls(formdata=None) for name, cls in FORMS.items()}
+    return Forms(given)
+
+
+def active_run(org: Organization) -> Row | None:
+    """The organisation's unfinished run as the page names it (id, kind, state), or None.
+
+    One read of three columns: the page only links to the run, and loading it as an object
+    would load its per-kind totals too (a second statement on every view during a run).
+    """
+    return (
+        get_session()
+        .execute(
+            select(RotationRun.id, RotationRun.kind, RotationRun.state).where(
+                RotationRun.company_id == org.id, RotationRun.state.in_(ACTIVE_RUN_STATES)
+            )
+        )
+        .first()
+    )
 
 
 def context(org: Organization, **extra: Any) -> dict[str, Any]:
@@ -117,7 +159,7 @@ def context(org: Organization, **extra: Any) -> dict[str, Any]:
         "read_only": current_user.role != "admin",
         "sales_url": current_app.config["SALES_URL"],
         "reauth_fresh": reauth.is_fresh(),
-        "active_run": run_in_progress(get_session(), org.id) if eligible else None,
+        "active_run": active_run(org) if eligible else None,
         "forms": extra.pop("forms", None) or forms(),
         **extra,
     }

@@ -16,6 +16,7 @@ from portal.db import utcnow
 from portal.keys import custody as registry
 from portal.keys.custody import CustodyError, KeyCustody, master_service
 from portal.keys.custody.master_key import load_configured
+from portal.keys.keyring_cache import forget, keygen_names
 from portal.keys.models import OrgKey
 from portal.keys.wrapped import unwrap_row
 from portal.models import Organization
@@ -206,8 +207,13 @@ def _missing_backend(name: str | None) -> str:
 def load_keys(session: Session, company_id: uuid.UUID) -> LoadedKeys:
     """Build the organisation's keyring from its usable keys (cached per app context)."""
     cache = g.setdefault("keyrings", {}) if has_app_context() else {}
-    if company_id in cache:
-        return cache[company_id]
+    if company_id not in cache:
+        cache[company_id] = read_keys(session, company_id)
+    return cache[company_id]
+
+
+def read_keys(session: Session, company_id: uuid.UUID) -> LoadedKeys:
+    """Read and unseal the organisation's keys now (no cache: the data path keeps its own)."""
     rows = list(
         session.scalars(
             select(OrgKey).where(OrgKey.company_id == company_id).order_by(OrgKey.created_at)
@@ -241,20 +247,25 @@ def load_keys(session: Session, company_id: uuid.UUID) -> LoadedKeys:
         decrypt_only=decrypt_only,
         unavailable={bytes.fromhex(k): codes.get(k, "key_unavailable") for k in missing},
     )
-    loaded = LoadedKeys(ring, rows, missing, reasons, codes, retry_after)
-    cache[company_id] = loaded
-    return loaded
+    return LoadedKeys(ring, rows, missing, reasons, codes, retry_after)
 
 
-def forget_cached_keys() -> None:
-    """Drop keyrings cached in this app context (after a key changes state)."""
+def forget_cached_keys(company_id: uuid.UUID | None = None) -> None:
+    """Drop keyrings cached in this app context and process (of one organisation, or all) and
+    bump their generation, so other processes drop theirs (the commit bumps again)."""
     if has_app_context():
         g.pop("keyrings", None)
+        g.pop("data_keys", None)
+    forget(keygen_names(company_id)[:1] if company_id is not None else None)
 
 
 def encrypting_keyring(session: Session, company_id: uuid.UUID) -> crypto.Keyring:
     """Return a keyring that can encrypt new data for the organisation, or raise."""
-    loaded = load_keys(session, company_id)
+    return check_encrypting(load_keys(session, company_id))
+
+
+def check_encrypting(loaded: LoadedKeys) -> crypto.Keyring:
+    """Return the loaded keyring if it can encrypt, else raise KeyUnavailable saying why."""
     if loaded.keyring.encrypting_key_id is None:
         active = next((r for r in loaded.rows if r.state == "active"), None)
         code = loaded.code(active) if active is not None else None
@@ -284,4 +295,4 @@ def mark_state(row: OrgKey, state: str, actor: str) -> None:
     row.state = state
     row.state_changed_at = utcnow()
     row.state_changed_by = actor
-    forget_cached_keys()
+    forget_cached_keys(row.company_id)

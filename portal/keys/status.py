@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from portal.chat import counts
 from portal.chat.kinds import Kind, all_kinds
 from portal.db import utcnow
 from portal.keys import policy
@@ -30,18 +30,8 @@ def no_items() -> dict[str, int]:
 
 
 def item_counts(session: Session, company_id: uuid.UUID) -> dict[str, dict[str, int]]:
-    """Count stored items per key id and kind, from the key_id columns alone."""
-    counts: dict[str, dict[str, int]] = {}
-    for kind in all_kinds():
-        model = kind.model
-        rows = session.execute(
-            select(model.key_id, func.count())
-            .where(model.company_id == company_id)
-            .group_by(model.key_id)
-        )
-        for key_id, n in rows:
-            counts.setdefault(key_id, no_items())[kind.name] = n
-    return counts
+    """Stored items per key id and kind, from the counters every write keeps (no scan)."""
+    return counts.item_counts(session, company_id)
 
 
 @dataclass
@@ -69,6 +59,8 @@ class KeyStatus:
     custody: str = "sealed"
     key_ref: str | None = None
     key_service: dict[str, Any] | None = None
+    # The organisation's unfinished run, if any (the page links to it).
+    run: Any | None = None
 
     def as_json(self) -> dict[str, Any]:
         """Return the status as plain JSON values (no key material: fingerprints only)."""
@@ -129,6 +121,7 @@ def status(session: Session, org: Organization, now: datetime | None = None) -> 
         # restore of an overdue key does not silence the warning.
         due = _aware(active.created_at) + timedelta(days=org.rotation_period_days)
     external = active if active is not None and active.external else None
+    run = run_in_progress(session, org.id)
     return KeyStatus(
         custody=external.custody if external else "sealed",
         key_ref=external.key_ref if external else None,
@@ -141,40 +134,26 @@ def status(session: Session, org: Organization, now: datetime | None = None) -> 
         rotation_due=due,
         access_revoked=revoked,
         rotation_overdue=bool(due and due < now),
-        platform_items=items_before_byok(session, org.id, loaded.rows),
-        leftover=_leftover(session, org, keys),
+        platform_items=items_before_byok(session, org.id),
+        leftover=_leftover(keys, run),
+        run=run,
     )
 
 
-def items_before_byok(session: Session, company_id: uuid.UUID, rows: list[OrgKey]) -> int:
+def items_before_byok(session: Session, company_id: uuid.UUID) -> int:
     """Count the platform-key items written before the organisation's first own key.
 
     A platform key encrypts again while BYOK is off or after the key is declared lost (the
     newest usable one is reused), so the key alone does not say when an item was written;
-    its creation time does. Items written under a platform key after BYOK was first enabled
-    are not "from before BYOK": they show among the items left under older keys.
+    its creation time does, and the counters count those items apart (portal/keys/counting.py).
+    Items written under a platform key after BYOK was first enabled are not "from before
+    BYOK": they show among the items left under older keys.
     """
-    platform = [r.key_id for r in rows if r.origin == "platform"]
-    own = [r.created_at for r in rows if r.origin != "platform"]
-    if not platform:
-        return 0
-    total = 0
-    for kind in all_kinds():
-        model = kind.model
-        query = (
-            select(func.count())
-            .select_from(model)
-            .where(model.company_id == company_id, model.key_id.in_(platform))
-        )
-        if own:
-            query = query.where(model.created_at < min(own))
-        total += session.scalar(query) or 0
-    return total
+    return counts.early_items(session, company_id)
 
 
-def _leftover(session: Session, org: Organization, keys: list[dict[str, Any]]) -> list[dict]:
+def _leftover(keys: list[dict[str, Any]], run: Any | None) -> list[dict]:
     """The readable keys holding items that neither encrypt nor are being moved by a run."""
-    run = run_in_progress(session, org.id)
     moving = set(run.old_key_ids.split(",")) if run else set()
     return [
         key

@@ -17,12 +17,14 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from portal import crypto
+from portal.chat import counts
 from portal.chat.kinds import Kind
 from portal.db import utcnow
 from portal.rotation.common import KeyServiceWait
 from portal.rotation.models import RotationFailure
 
 NO_ID = uuid.UUID(int=0)
+CT_AT = 3  # a batch row: id, key_id, created_at, then the kind's ciphertext columns
 Bound = uuid.UUID | None  # a range's bound or checkpoint (None: unbounded, or from the start)
 
 
@@ -108,19 +110,20 @@ def select_batch(
             return []
         return fetch(
             conn,
-            f"SELECT id, key_id, {cols} FROM {kind.table} WHERE id IN ({d.marks(len(chosen))}) "
+            f"SELECT id, key_id, created_at, {cols} FROM {kind.table} "
+            f"WHERE id IN ({d.marks(len(chosen))}) "
             "ORDER BY id",
             chosen,
         )
     rows = fetch(
         conn,
-        f"SELECT id, key_id, {cols} FROM {kind.table} WHERE {where} ORDER BY id "
+        f"SELECT id, key_id, created_at, {cols} FROM {kind.table} WHERE {where} ORDER BY id "
         f"LIMIT {int(max_rows)}",
         params,
     )
     out, total = [], 0
     for row in rows:
-        size = sum(len(v) for v in row[2:])
+        size = sum(len(v) for v in row[CT_AT:])
         if out and total + size > max_bytes:
             break
         out.append(row)
@@ -151,7 +154,7 @@ def reencrypt(
         rid = str(row_id)
         try:
             new_values = []
-            for column, blob in zip(kind.ad_names, row[2:], strict=True):
+            for column, blob in zip(kind.ad_names, row[CT_AT:], strict=True):
                 aad = crypto.associated_data(cid, kind.table, column, rid)
                 new_values.append(bytes(ring.encrypt(ring.decrypt(blob, aad), aad)))
         except crypto.DecryptionError as exc:
@@ -164,16 +167,17 @@ def reencrypt(
         # Every encryption draws a fresh random 96-bit nonce, so a value rewritten since it was
         # read has another nonce: comparing it (12 bytes) identifies the ciphertext read
         # without hashing megabytes of attachment on both sides.
-        digests = [bytes(blob[crypto.NONCE_AT : crypto.BODY_AT]) for blob in row[2:]]
-        nbytes += sum(len(v) for v in row[2:])
+        digests = [bytes(blob[crypto.NONCE_AT : crypto.BODY_AT]) for blob in row[CT_AT:]]
+        nbytes += sum(len(v) for v in row[CT_AT:])
         updates.append((row[0], row[1], *digests, *new_values))
     return updates, failed, nbytes
 
 
-def write_batch(conn: Connection, kind: Kind, new_key: str, updates: list[tuple]) -> int:
-    """Rewrite the rows in one statement, only where key id and ciphertext are unchanged."""
+def write_batch(conn: Connection, kind: Kind, new_key: str, updates: list[tuple]) -> list:
+    """Rewrite the rows in one statement, only where key id and ciphertext are unchanged;
+    return the ids of the rows it rewrote."""
     if not updates:
-        return 0
+        return []
     d = Dialect(conn)
     n = len(kind.ct_columns)
     hashes = [f"h{i}" for i in range(n)]
@@ -202,13 +206,16 @@ def write_batch(conn: Connection, kind: Kind, new_key: str, updates: list[tuple]
     )
     sql = (
         f"UPDATE {kind.table} AS t SET {sets}, key_id = {d.mark} FROM {source} "
-        f"WHERE t.id = v.{col['id']} AND t.key_id = v.{col['k']} AND {checks}"
+        f"WHERE t.id = v.{col['id']} AND t.key_id = v.{col['k']} AND {checks} "
+        # SQLite's RETURNING names the target table's columns bare (and PostgreSQL must not:
+        # v has an id too).
+        f"RETURNING {'t.id' if d.pg else 'id'}"
     )
     if d.pg:
         with conn.connection.dbapi_connection.cursor() as cur:
             cur.execute(sql, params)
-            return cur.rowcount
-    return conn.exec_driver_sql(sql, tuple(params)).rowcount
+            return [r[0] for r in cur.fetchall()]
+    return [r[0] for r in conn.exec_driver_sql(sql, tuple(params)).fetchall()]
 
 
 def record_failures(
@@ -251,5 +258,27 @@ def run_batch(
     d = Dialect(conn)
     updates, failed, nbytes = reencrypt(rows, kind, company_id, ring, d)
     written = write_batch(conn, kind, new_key, updates)
+    count_moved(conn, kind, company_id, new_key, rows, written)
     record_failures(conn, run_id, kind, failed)
-    return BatchResult(d.read_uid(rows[-1][0]), written, len(updates) - written, failed, nbytes)
+    return BatchResult(
+        d.read_uid(rows[-1][0]), len(written), len(updates) - len(written), failed, nbytes
+    )
+
+
+def count_moved(
+    conn: Connection,
+    kind: Kind,
+    company_id: uuid.UUID,
+    new_key: str,
+    rows: list[tuple],
+    written: list,
+) -> None:
+    """Move the rewritten rows from their old keys' item counts to the new key's, in the
+    batch's own transaction (the compare-and-swap made sure each was under the key read)."""
+    if not written:
+        return
+    moved = rows
+    if len(written) != len(rows):  # some failed or changed meanwhile: only those rewritten
+        ids = set(written)
+        moved = [row for row in rows if row[0] in ids]
+    counts.apply_moved(conn, kind.name, company_id, new_key, moved)

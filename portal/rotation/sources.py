@@ -9,11 +9,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal import crypto
-from portal.chat import kinds
+from portal.chat import counts, kinds
 from portal.keys import operations as ops
 from portal.keys import policy
 from portal.keys.models import OrgKey
@@ -128,19 +128,12 @@ def _decrypt_sample(session: Session, org: Organization, key: bytes) -> None:
 
 
 def count_items(session: Session, company_id: uuid.UUID, key_ids: list[str]) -> dict[str, int]:
-    """Count items per kind under the given keys (indexed by company_id, key_id)."""
-    out = {}
-    for kind in kinds.all_kinds():
-        model = kind.model
-        out[kind.name] = (
-            session.scalar(
-                select(func.count())
-                .select_from(model)
-                .where(model.company_id == company_id, model.key_id.in_(key_ids))
-            )
-            or 0
-        )
-    return out
+    """Items per kind under the given keys (from the per-key counters: no scan)."""
+    held = counts.item_counts(session, company_id)
+    return {
+        kind.name: sum(held.get(k, {}).get(kind.name, 0) for k in key_ids)
+        for kind in kinds.all_kinds()
+    }
 
 
 @dataclass
@@ -196,19 +189,9 @@ def sources(session: Session, company_id: uuid.UUID, target: str) -> Sources:
 def _counts_by_key(
     session: Session, company_id: uuid.UUID, key_ids: list[str]
 ) -> dict[str, dict[str, int]]:
-    """Items per key and kind under the given keys (indexed by company_id, key_id)."""
-    names = [kind.name for kind in kinds.all_kinds()]
-    out: dict[str, dict[str, int]] = {}
-    for kind in kinds.all_kinds():
-        model = kind.model
-        rows = session.execute(
-            select(model.key_id, func.count())
-            .where(model.company_id == company_id, model.key_id.in_(key_ids))
-            .group_by(model.key_id)
-        )
-        for key_id, n in rows:
-            out.setdefault(key_id, dict.fromkeys(names, 0))[kind.name] = n
-    return out
+    """Items per key and kind under the given keys (from the per-key counters: no scan)."""
+    held = counts.item_counts(session, company_id)
+    return {k: held[k] for k in key_ids if k in held}
 
 
 def source_list(found: Sources, first: str | None = None) -> list[str]:

@@ -6,15 +6,12 @@ through the same steps (``store_sealed``, ``begin_rotation``).
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from portal import crypto
 from portal.audit.actions import Action
-from portal.chat import kinds
 from portal.db import utcnow
 from portal.events import emit
 from portal.keys import operations as ops
@@ -23,14 +20,9 @@ from portal.keys.models import OrgKey
 from portal.keys.service import forget_cached_keys, mark_state, store_key
 from portal.models import Organization
 from portal.rotation.active import active_run
-from portal.rotation.common import (
-    BYTES_PER_RANGE,
-    ITEMS_PER_RANGE,
-    MAX_RANGES,
-    RotationError,
-    log_event,
-)
-from portal.rotation.models import RotationRange, RotationRun
+from portal.rotation.common import RotationError, log_event
+from portal.rotation.models import RotationRun
+from portal.rotation.planning import plan_ranges
 from portal.rotation.sources import (
     check_keys,
     count_items,
@@ -43,33 +35,6 @@ from portal.rotation.sources import (
 from portal.rotation.states import RunState
 
 IN_PROGRESS = "A rotation is already in progress for this organisation."
-
-
-def _bytes_of(session: Session, kind: kinds.Kind, run: RotationRun) -> int:
-    """Bytes of a sized kind the run will move (such a kind is split by size too)."""
-    model = kind.model
-    total = session.scalar(
-        select(func.coalesce(func.sum(getattr(model, kind.size_column)), 0)).where(
-            model.company_id == run.company_id,
-            model.key_id.in_(run.old_key_ids.split(",")),
-        )
-    )
-    return int(total or 0)  # PostgreSQL's SUM of bigint is a numeric (Decimal)
-
-
-def plan_ranges(session: Session, run: RotationRun) -> None:
-    """Split each kind's work into primary-key ranges that workers can take in parallel."""
-    for kind in kinds.all_kinds():
-        parts = -(-run.total_of(kind.name) // ITEMS_PER_RANGE)
-        if kind.size_column:
-            parts = max(parts, -(-_bytes_of(session, kind, run) // BYTES_PER_RANGE))
-        parts = max(1, min(MAX_RANGES, parts))
-        step = (1 << 128) // parts
-        for seq in range(parts):
-            lo = uuid.UUID(int=seq * step) if seq else None
-            hi = uuid.UUID(int=(seq + 1) * step) if seq < parts - 1 else None
-            session.add(RotationRange(run_id=run.id, kind=kind.name, seq=seq, lo=lo, hi=hi))
-    session.flush()
 
 
 def _new_run(

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from portal.audit.actions import Action
-from portal.chat import kinds
+from portal.chat import counts, kinds
 from portal.db import utcnow
 from portal.events import emit
 from portal.keys import custody
@@ -145,6 +145,29 @@ def forget_external_keys(provider: str | None) -> None:
         client.forget()
 
 
+def _still_named(session: Session, run: RotationRun, key_id: str) -> int:
+    """The last check before a key's sealed copy is destroyed: does any row still name it?
+
+    The counters say no (portal/chat/counts.py); destroying a key is the one step that
+    cannot be undone, so one probe per kind asks the data too (it reads the organisation's
+    rows in id order until it meets one, once per retired key, in the background job). A
+    row found means the counters disagree with the data: they are rebuilt, and the key
+    stays decrypt-only for the next run.
+    """
+    for kind in kinds.all_kinds():
+        model = kind.model
+        hit = session.scalar(
+            select(model.id)
+            .where(model.company_id == run.company_id, model.key_id == key_id)
+            .limit(1)
+        )
+        if hit is not None:
+            counts.recount(session, run.company_id)
+            log_event(session, run, "The item counters disagreed with the data; recounted")
+            return 1
+    return 0
+
+
 def _retire(session: Session, run: RotationRun, old: list[str], found: Sources) -> None:
     """Retire each source key nothing is left under: its sealed copy is destroyed.
 
@@ -161,7 +184,7 @@ def _retire(session: Session, run: RotationRun, old: list[str], found: Sources) 
         .order_by(OrgKey.created_at)
     )
     for row in rows:
-        kept = found.items(row.key_id)
+        kept = found.items(row.key_id) or _still_named(session, run, row.key_id)
         if kept:
             log_event(
                 session,

@@ -6,6 +6,7 @@
 - ``html``: parse responses, read text by test id and field feedback.
 - ``deployment`` and ``admin``: the wizard's deployment mode and the wizard as admin of org A.
 - ``world``: org A's objects (BYOK on, a rotation running) for the security walk.
+- ``own_redis``: a redis-server of the test's own (url, process), which it may stop.
 - ``clock`` and ``mixed``: a settable clock for audit events, and a varied audit log of two orgs.
 """
 
@@ -22,11 +23,13 @@ from tests.support.api import Api, make_token
 from tests.support.audit import clock, mixed
 from tests.support.html import Html
 from tests.support.leaks import LeakScanner
+from tests.support.redis_server import own_redis
 from tests.support.services import Services
 from tests.support.walk import world
 from tests.support.wizard import admin, deployment
 
 __all__ = [
+    "own_redis",
     "admin",
     "api",
     "api_a",

@@ -183,7 +183,13 @@ def send(
         # its context here rather than under the next request.
         return client.get(target.url, headers=headers, buffered=True)
     if target.is_api:
-        body = {"title": "walk", "body": "walk", "author": "walk", "metadata": {}}
+        body = {
+            "title": "walk",
+            "body": "walk",
+            "author": "walk",
+            "metadata": {},
+            "messages": [{"author": "walk", "body": "walk"}],
+        }
         response = client.open(target.url, method=target.method, json=body, headers=headers)
         if response.status_code == 415:  # a multipart route: send a file instead
             files = {"file": (BytesIO(b"walk"), "walk.txt", "text/plain")}

@@ -11,6 +11,7 @@ from portal.auth.gates import require_role
 from portal.db import get_session
 from portal.htmx import HTTP_STOP_POLLING
 from portal.rotation.progress import progress as run_progress
+from portal.rotation.progress import progress_of_runs
 from portal.rotation.states import ACTIVE_RUN_STATES
 from portal.rotation.views.common import (
     bp,
@@ -30,7 +31,9 @@ RUN_CHANGED = "run-changed"
 def index() -> ResponseReturnValue:
     """List rotation runs (all organisations for support staff, one's own for admins)."""
     db = get_session()
-    rows = [(run, org_name, run_progress(db, run)) for run, org_name in db.execute(runs_query())]
+    listed = db.execute(runs_query()).all()
+    figures = progress_of_runs(db, [run for run, _ in listed])
+    rows = [(run, org_name, figures[run.id]) for run, org_name in listed]
     return render_template("rotation/index.html", rows=rows)
 
 
