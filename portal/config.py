@@ -98,7 +98,7 @@ class Config:
         self.REAUTH_SECONDS: int = _int(env, "REAUTH_SECONDS", 300)
         # Rotation: batch bounds, how long one job works a range before handing it back,
         # when a silent range counts as abandoned, and how often the watchdog looks.
-        self.ROTATION_BATCH_ROWS: int = _int(env, "ROTATION_BATCH_ROWS", 1000)
+        self.ROTATION_BATCH_ROWS: int = _int(env, "ROTATION_BATCH_ROWS", 4000)
         self.ROTATION_BATCH_BYTES: int = _int(env, "ROTATION_BATCH_BYTES", 16 * 1024 * 1024)
         # Even a small run's kind is split into this many ranges (of at least 2,000 items),
         # so that several workers rewrite it at once (portal/rotation/planning.py).

@@ -148,15 +148,17 @@ def reencrypt(
 ) -> tuple[list[tuple], list[tuple[uuid.UUID, str]], int]:
     """Decrypt each row with its key and encrypt it under the new key with the same AD."""
     cid = str(company_id)
+    ads = [crypto.associated_data_for(cid, kind.table, column) for column in kind.ad_names]
+    decrypt, encrypt = ring.decrypt, ring.encrypt
     updates, failed, nbytes = [], [], 0
     for row in rows:
         row_id = d.read_uid(row[0])
         rid = str(row_id)
         try:
             new_values = []
-            for column, blob in zip(kind.ad_names, row[CT_AT:], strict=True):
-                aad = crypto.associated_data(cid, kind.table, column, rid)
-                new_values.append(bytes(ring.encrypt(ring.decrypt(blob, aad), aad)))
+            for ad, blob in zip(ads, row[CT_AT:], strict=True):
+                aad = ad(rid)
+                new_values.append(bytes(encrypt(decrypt(blob, aad), aad)))
         except crypto.DecryptionError as exc:
             if exc.reason in crypto.TEMPORARY_FAILURES:
                 # Not the item's fault: its key service refused or did not answer. The batch
@@ -186,7 +188,8 @@ def write_batch(conn: Connection, kind: Kind, new_key: str, updates: list[tuple]
     if d.pg:
         # Arrays, one per column: a handful of binary parameters instead of thousands.
         source = (
-            "unnest(%s::uuid[], %s::text[], "
+            # Binary arrays: no per-element quoting or text parsing on either side.
+            "unnest(%b::uuid[], %b::text[], "
             + ", ".join(["%b::bytea[]"] * (2 * n))
             + f") AS v({', '.join(names)})"
         )

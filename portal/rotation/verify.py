@@ -145,27 +145,32 @@ def forget_external_keys(provider: str | None) -> None:
         client.forget()
 
 
-def _still_named(session: Session, run: RotationRun, key_id: str) -> int:
-    """The last check before a key's sealed copy is destroyed: does any row still name it?
+def _still_named(session: Session, run: RotationRun, key_ids: list[str]) -> set[str]:
+    """The last check before sealed copies are destroyed: which of these keys does a row
+    still name?
 
-    The counters say no (portal/chat/counts.py); destroying a key is the one step that
-    cannot be undone, so one probe per kind asks the data too (it reads the organisation's
-    rows in id order until it meets one, once per retired key, in the background job). A
-    row found means the counters disagree with the data: they are rebuilt, and the key
-    stays decrypt-only for the next run.
+    The counters say none (portal/chat/counts.py); destroying a key is the one step that
+    cannot be undone, so the data is asked too: one pass per kind over the organisation's
+    rows for all the keys at once, in the background job that completes the run. A key
+    found means the counters disagree with the data: they are rebuilt, and that key stays
+    decrypt-only for the next run.
     """
+    if not key_ids:
+        return set()
+    named: set[str] = set()
     for kind in kinds.all_kinds():
         model = kind.model
-        hit = session.scalar(
-            select(model.id)
-            .where(model.company_id == run.company_id, model.key_id == key_id)
-            .limit(1)
+        named.update(
+            session.scalars(
+                select(model.key_id)
+                .where(model.company_id == run.company_id, model.key_id.in_(key_ids))
+                .distinct()
+            )
         )
-        if hit is not None:
-            counts.recount(session, run.company_id)
-            log_event(session, run, "The item counters disagreed with the data; recounted")
-            return 1
-    return 0
+    if named:
+        counts.recount(session, run.company_id)
+        log_event(session, run, "The item counters disagreed with the data; recounted")
+    return named
 
 
 def _retire(session: Session, run: RotationRun, old: list[str], found: Sources) -> None:
@@ -183,8 +188,18 @@ def _retire(session: Session, run: RotationRun, old: list[str], found: Sources) 
         )
         .order_by(OrgKey.created_at)
     )
+    rows = list(rows)
+    named = _still_named(session, run, [r.key_id for r in rows if not found.items(r.key_id)])
     for row in rows:
-        kept = found.items(row.key_id) or _still_named(session, run, row.key_id)
+        if row.key_id in named:
+            log_event(
+                session,
+                run,
+                f"Old key {row.fingerprint} still holds items the counters had missed; "
+                "it stays decrypt-only",
+            )
+            continue
+        kept = found.items(row.key_id)
         if kept:
             log_event(
                 session,
