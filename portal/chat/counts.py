@@ -35,9 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, event, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, Uuid, bindparam, delete, event, func, select, text
 from sqlalchemy.orm import ORMExecuteState, Session, attributes
 
 from portal.chat import kinds
@@ -172,11 +170,22 @@ def cutoffs(conn: Connection, company_id: uuid.UUID) -> Cutoffs:
     return _cutoffs(conn, company_id) if _cutoffs else {}
 
 
+# One statement for both engines (SQLite has PostgreSQL's upsert syntax), built once: on
+# the write path of every data-API request, building it per call costs more than running it.
+UPSERT = text(
+    "INSERT INTO key_item_counts (company_id, key_id, kind, shard, items, early) "
+    "VALUES (:company_id, :key_id, :kind, :shard, :items, :early) "
+    "ON CONFLICT (company_id, key_id, kind, shard) DO UPDATE SET "
+    "items = key_item_counts.items + excluded.items, "
+    "early = key_item_counts.early + excluded.early"
+).bindparams(bindparam("company_id", type_=Uuid()))
+
+
 def apply(conn: Connection, deltas: Deltas) -> None:
     """Add the deltas to the counters, in a fixed order, into one random shard."""
     shard = random.randrange(SHARDS)  # noqa: S311 - spreading writers, not a secret
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     known: dict[uuid.UUID, Cutoffs] = {}
+    rows = []
     for (company_id, key_id, kind), delta in sorted(deltas.items(), key=lambda kv: _order(kv[0])):
         early = delta.early
         if early is None:
@@ -184,25 +193,19 @@ def apply(conn: Connection, deltas: Deltas) -> None:
                 known[company_id] = cutoffs(conn, company_id)
             cutoff = known[company_id].get(key_id)
             early = sum(sign for sign, at in delta.times if cutoff is not None and at < cutoff)
-        if not delta.items and not early:
-            continue
-        stmt = insert(KeyItemCount).values(
-            company_id=company_id,
-            key_id=key_id,
-            kind=kind,
-            shard=shard,
-            items=delta.items,
-            early=early,
-        )
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["company_id", "key_id", "kind", "shard"],
-                set_={
-                    "items": KeyItemCount.items + stmt.excluded["items"],
-                    "early": KeyItemCount.early + stmt.excluded["early"],
-                },
+        if delta.items or early:
+            rows.append(
+                {
+                    "company_id": company_id,
+                    "key_id": key_id,
+                    "kind": kind,
+                    "shard": shard,
+                    "items": delta.items,
+                    "early": early,
+                }
             )
-        )
+    for row in rows:  # one at a time, in order: the lock order that keeps writers deadlock-free
+        conn.execute(UPSERT, row)
 
 
 def apply_moved(

@@ -54,12 +54,13 @@ class OrgKeyrings:
         Raises ByokRequired where the deployment or tier requires the organisation's own key
         and none is enabled yet, and KeyUnavailable when the encrypting key cannot be unsealed.
         """
+        keys = data_keys(session, company_id)
+        if keys.keyring.encrypting_key_id is not None and keys.active_origin != "platform":
+            return keys.keyring  # the organisation's own key encrypts: nothing to refuse
         org = session.get(Organization, company_id)
         if org is None:
             raise LookupError(f"no organisation with id {company_id}")
-        keys = data_keys(session, company_id)
-        platform = keys.active_origin == "platform"
-        if keys.keyring.encrypting_key_id is None or (platform and byok_required(org)):
+        if keys.keyring.encrypting_key_id is None or byok_required(org):
             # A refusal: checked and explained from the session, as every writer (API, demo,
             # imports) obeys it.
             check_can_store(session, org)
