@@ -53,6 +53,15 @@ def watchdog(app: Flask, run_id: uuid.UUID) -> str:
 def record_milestones(app: Flask, run_id: uuid.UUID) -> None:
     """Note in the run's history and the audit log when it passes 25, 50 and 75 per cent."""
     with job_session(app) as db:
+        # Two watchdog jobs of one run can get here at once. Whoever locks the run's row
+        # first logs the milestones; the other waits, then finds them logged. A no-op UPDATE
+        # is that lock on both engines: a row lock on PostgreSQL, the write lock on SQLite.
+        db.execute(
+            update(RotationRun)
+            .where(RotationRun.id == run_id)
+            .values(passes=RotationRun.passes)
+            .execution_options(synchronize_session=False)
+        )
         run = db.get(RotationRun, run_id)
         percent = progress(db, run).percent()
         logged = (
