@@ -106,9 +106,9 @@ def aware(moment: Any) -> datetime:
 @event.listens_for(Session, "after_flush")
 def _collect(session: Session, _context: Any) -> None:
     """Count the kinds' rows this flush inserted, deleted or moved to another key."""
-    by_model = {kind.model: kind.name for kind in kinds.all_kinds()}
     if not (session.new or session.deleted or session.dirty):
         return
+    by_model = {kind.model: kind.name for kind in kinds.all_kinds()}
     deltas = None
     for obj in session.new:
         name = by_model.get(type(obj))
@@ -138,8 +138,9 @@ def _collect_bulk(state: ORMExecuteState) -> None:
     mapper = state.bind_mapper
     if not state.is_insert or mapper is None:
         return
-    kind = next((k for k in kinds.all_kinds() if k.model is mapper.class_), None)
-    if kind is None:
+    try:
+        kind = kinds.of(mapper.class_)
+    except KeyError:  # not an encrypted kind: nothing to count
         return
     rows = state.parameters if isinstance(state.parameters, list) else [state.parameters or {}]
     deltas, now = _deltas(state.session), datetime.now(UTC)
